@@ -1,0 +1,191 @@
+"""Preprocessing ops, composed from big_vision-style strings: 'decode|resize(112)|flip_lr'.
+
+A pp string is the whole description of preprocessing in a config, so ablations change it as
+text. `PREPROCESS_OPS` maps each op name to a factory; the factory is called with the arguments
+written in the string (parsed with `ast.literal_eval`) and returns a function from a feature dict
+to a feature dict, traced inside a `tf.data` map.
+
+Images stay uint8 from `decode` through resizes, crops and flips (a resize rounds back to the
+input dtype, as in big_vision), so `value_range` has a single input scale, [0, 255].
+
+Random ops are stateless. The pipeline puts a per-example seed in `features['_seed']`, derived
+from (seed, step, position in the global batch); each random op splits it, uses one half and
+leaves the other for the next random op. An example's augmentation therefore depends only on
+where it sits in the stream of global batches, not on the process count or on a resume.
+"""
+
+import ast
+import difflib
+from collections.abc import Callable
+
+import tensorflow as tf
+
+Features = dict[str, tf.Tensor]
+Op = Callable[[Features], Features]
+
+PREPROCESS_OPS: dict[str, Callable[..., Op]] = {}
+
+
+def register_op(name: str, *, random: bool) -> Callable:
+    """Adds an op factory to `PREPROCESS_OPS`; `random` ops draw on `features['_seed']`."""
+
+    def add(factory: Callable[..., Op]) -> Callable[..., Op]:
+        factory.random = random
+        PREPROCESS_OPS[name] = factory
+        return factory
+
+    return add
+
+
+def parse_pp(pp: str) -> Op:
+    """The function a pp string describes: its ops applied left to right."""
+    ops = []
+    for spec in _specs(pp):
+        name, args, kwargs = _parse_op(spec)
+        try:
+            ops.append(_factory(name, pp)(*args, **kwargs))
+        except TypeError as e:
+            raise ValueError(f"bad arguments in preprocessing op {spec!r}: {e}") from e
+
+    def apply(features: Features) -> Features:
+        for op in ops:
+            features = op(features)
+        return features
+
+    return apply
+
+
+def is_deterministic(pp: str) -> bool:
+    """Whether `pp` gives every example the same output each time (no random op).
+
+    An op put in `PREPROCESS_OPS` without `register_op` counts as random: caching is opt-in.
+    """
+    return not any(getattr(_factory(_parse_op(s)[0], pp), "random", True) for s in _specs(pp))
+
+
+def _specs(pp: str) -> list[str]:
+    return [s.strip() for s in pp.split("|") if s.strip()]
+
+
+def _parse_op(spec: str) -> tuple[str, tuple, dict]:
+    try:
+        expr = ast.parse(spec, mode="eval").body
+        if isinstance(expr, ast.Name):
+            return expr.id, (), {}
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
+            args = tuple(ast.literal_eval(a) for a in expr.args)
+            return expr.func.id, args, {k.arg: ast.literal_eval(k.value) for k in expr.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot parse preprocessing op {spec!r}: {e}") from e
+    raise ValueError(f"cannot parse preprocessing op {spec!r}: expected `name` or `name(args)`")
+
+
+def _factory(name: str, pp: str) -> Callable[..., Op]:
+    if name not in PREPROCESS_OPS:
+        close = difflib.get_close_matches(name, PREPROCESS_OPS)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown preprocessing op {name!r} in {pp!r}.{hint} "
+            f"Valid ops: {', '.join(sorted(PREPROCESS_OPS))}"
+        )
+    return PREPROCESS_OPS[name]
+
+
+def _on_image(fn: Callable[[tf.Tensor], tf.Tensor]) -> Op:
+    return lambda features: {**features, "image": fn(features["image"])}
+
+
+def _on_image_with_seed(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Op:
+    def op(features: Features) -> Features:
+        seed, rest = tf.unstack(tf.random.experimental.stateless_split(features["_seed"], num=2))
+        return {**features, "image": fn(features["image"], seed), "_seed": rest}
+
+    return op
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _resize(image: tf.Tensor, hw) -> tf.Tensor:
+    resized = tf.image.resize(image, hw, method="bilinear", antialias=True)
+    if image.dtype.is_integer:
+        resized = tf.round(resized)
+    return tf.saturate_cast(resized, image.dtype)
+
+
+@register_op("decode", random=False)
+def decode() -> Op:
+    """JPEG/PNG/GIF/BMP/WebP bytes -> uint8 (H, W, 3): gray made RGB, a GIF's first frame."""
+    return _on_image(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False))
+
+
+@register_op("resize", random=False)
+def resize(size: int | tuple[int, int]) -> Op:
+    """Resize to `size` (int: square, or (h, w)); bilinear with antialiasing."""
+    return _on_image(lambda image: _resize(image, _hw(size)))
+
+
+@register_op("resize_small", random=False)
+def resize_small(size: int) -> Op:
+    """Resize so that the shorter side is `size`, keeping the aspect ratio."""
+
+    def fn(image: tf.Tensor) -> tf.Tensor:
+        hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        return _resize(image, tf.cast(tf.round(hw * size / tf.reduce_min(hw)), tf.int32))
+
+    return _on_image(fn)
+
+
+@register_op("central_crop", random=False)
+def central_crop(size: int | tuple[int, int]) -> Op:
+    """Crop the central `size` (int or (h, w)) window."""
+    h, w = _hw(size)
+
+    def fn(image: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(image)
+        return tf.image.crop_to_bounding_box(image, (shape[0] - h) // 2, (shape[1] - w) // 2, h, w)
+
+    return _on_image(fn)
+
+
+@register_op("random_crop", random=True)
+def random_crop(size: int | tuple[int, int]) -> Op:
+    """Crop a `size` (int or (h, w)) window at a random position."""
+    h, w = _hw(size)
+    return _on_image_with_seed(
+        lambda image, seed: tf.image.stateless_random_crop(image, [h, w, tf.shape(image)[2]], seed)
+    )
+
+
+@register_op("inception_crop", random=True)
+def inception_crop(
+    size: int | tuple[int, int], area_min: float = 0.05, area_max: float = 1.0
+) -> Op:
+    """Random resized crop: a window of random area fraction and aspect ratio, resized to `size`."""
+
+    def fn(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.zeros([0, 0, 4]),
+            seed=seed,
+            area_range=(area_min, area_max),
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            min_object_covered=0,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return _resize(tf.slice(image, begin, crop_size), _hw(size))
+
+    return _on_image_with_seed(fn)
+
+
+@register_op("flip_lr", random=True)
+def flip_lr() -> Op:
+    """Mirror left-right with probability 1/2."""
+    return _on_image_with_seed(tf.image.stateless_random_flip_left_right)
+
+
+@register_op("value_range", random=False)
+def value_range(lo: float, hi: float) -> Op:
+    """uint8 [0, 255] -> float32 [lo, hi]."""
+    return _on_image(lambda image: tf.cast(image, tf.float32) * ((hi - lo) / 255) + lo)

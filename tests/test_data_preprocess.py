@@ -1,0 +1,76 @@
+"""Preprocessing ops: parsing, shapes and values, seeded randomness, errors that name the op."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jtransfer import data
+
+IMAGE = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+
+
+def run(pp: str, seed=(0, 0)) -> np.ndarray:
+    features = {"image": tf.io.encode_png(IMAGE), "_seed": tf.constant(seed, tf.int64)}
+    return data.parse_pp(pp)(features)["image"].numpy()
+
+
+def test_decode_and_value_range():
+    np.testing.assert_array_equal(run("decode"), IMAGE)
+    out = run("decode|value_range(-1, 1)")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, IMAGE / 255 * 2 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pp, shape",
+    [
+        ("decode|resize(8)", (8, 8, 3)),
+        ("decode|resize((7, 9))", (7, 9, 3)),
+        ("decode|resize_small(10)", (10, 15, 3)),
+        ("decode|central_crop(6)", (6, 6, 3)),
+        ("decode|random_crop((4, 5))", (4, 5, 3)),
+        ("decode|inception_crop(6, area_min=0.5)", (6, 6, 3)),
+        ("decode|flip_lr", (20, 30, 3)),
+    ],
+)
+def test_output_shapes(pp, shape):
+    out = run(pp)
+    assert out.shape == shape and out.dtype == np.uint8
+
+
+def test_central_crop_is_central():
+    np.testing.assert_array_equal(run("decode|central_crop((4, 6))"), IMAGE[8:12, 12:18])
+
+
+def test_resize_keeps_a_constant_image_constant():
+    constant = np.full((20, 30, 3), 77, np.uint8)
+    out = data.parse_pp("resize(9)")({"image": tf.constant(constant)})["image"].numpy()
+    assert (out == 77).all()
+
+
+def test_random_ops_are_functions_of_the_seed():
+    pp = "decode|inception_crop(8)|flip_lr"
+    np.testing.assert_array_equal(run(pp, seed=(1, 2)), run(pp, seed=(1, 2)))
+    outputs = {run(pp, seed=(1, s)).tobytes() for s in range(8)}
+    assert len(outputs) > 1
+
+
+def test_is_deterministic():
+    assert data.is_deterministic("decode|resize_small(16)|central_crop(12)|value_range(-1, 1)")
+    for op in ("random_crop(4)", "inception_crop(4)", "flip_lr"):
+        assert not data.is_deterministic(f"decode|{op}|value_range(0, 1)")
+
+
+def test_unknown_op_lists_valid_ops_and_close_matches():
+    with pytest.raises(ValueError, match="flip_rl") as error:
+        data.parse_pp("decode|flip_rl")
+    message = str(error.value)
+    assert "Did you mean flip_lr" in message
+    assert all(name in message for name in data.PREPROCESS_OPS)
+
+
+def test_bad_arguments_name_the_op():
+    with pytest.raises(ValueError, match=r"resize\(1, 2, 3\)"):
+        data.parse_pp("decode|resize(1, 2, 3)")
+    with pytest.raises(ValueError, match="cannot parse"):
+        data.parse_pp("decode|resize(x)")
