@@ -1,10 +1,13 @@
 """Strict grafting of a loaded variables tree onto a freshly initialised one.
 
 Every leaf of the initialised tree ends up either *loaded* (same path and shape in the loaded
-tree) or *re-initialised* (its path matches a `dont_load` pattern, e.g. the new head). Anything
-else is an error that names every offending path at once: a parameter the checkpoint lacks, a
-checkpoint entry the model lacks, a shape that differs. The returned manifest records which
-path went which way; the trainer writes it to the workdir.
+tree), *re-initialised* (its path matches a `dont_load` pattern, e.g. the new head) or
+*resampled* (same path, a shape that `pretrained.resample` knows how to bring to the model's:
+a ViT position-embedding grid for another input size, a patch kernel for another patch size, an
+RGB first convolution for grayscale input). Anything else is an error that names every
+offending path at once: a parameter the checkpoint lacks, a checkpoint entry the model lacks, a
+shape that differs and does not resample. The returned manifest records which path went which
+way; the trainer writes it to the workdir.
 
 Paths are the collection followed by the '/'-joined parameter path
 (`params/backbone/stem/conv/kernel`, `batch_stats/backbone/stem/bn/mean`); `dont_load` patterns
@@ -20,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from flax import traverse_util
+
+from jtransfer.pretrained.resample import ResampleError, resample
 
 
 class GraftError(ValueError):
@@ -37,13 +42,14 @@ def _param_path(path: str) -> str:
 def graft(
     init: Mapping, loaded: Mapping, dont_load: Sequence[str] = ()
 ) -> tuple[dict, dict[str, list[str]]]:
-    """Returns (variables, manifest); `manifest` maps loaded / reinitialized / ignored to paths."""
+    """Returns (variables, manifest); `manifest` maps loaded / reinitialized / resampled /
+    ignored to paths."""
     patterns = [re.compile(p) for p in dont_load]
     skip = lambda path: any(p.fullmatch(_param_path(path)) for p in patterns)  # noqa: E731
     flat_init, flat_loaded = _flat(init), _flat(loaded)
 
     missing, mismatched = [], []
-    out, manifest = {}, {"loaded": [], "reinitialized": [], "ignored": []}
+    out, manifest = {}, {"loaded": [], "reinitialized": [], "resampled": [], "ignored": []}
     for path, value in flat_init.items():
         if skip(path):
             out[path] = value
@@ -51,9 +57,17 @@ def graft(
         elif path not in flat_loaded:
             missing.append(path)
         elif np.shape(flat_loaded[path]) != np.shape(value):
-            mismatched.append(
-                f"{path}: checkpoint {np.shape(flat_loaded[path])} vs model {np.shape(value)}"
-            )
+            shapes = f"{path}: checkpoint {np.shape(flat_loaded[path])} vs model {np.shape(value)}"
+            try:
+                resampled = resample(_param_path(path), flat_loaded[path], np.shape(value))
+            except ResampleError as e:
+                mismatched.append(f"{shapes} (not resampled: {e})")
+                continue
+            if resampled is None:
+                mismatched.append(shapes)
+            else:
+                out[path] = np.asarray(resampled, dtype=value.dtype)
+                manifest["resampled"].append(path)
         else:
             out[path] = np.asarray(flat_loaded[path], dtype=value.dtype)
             manifest["loaded"].append(path)

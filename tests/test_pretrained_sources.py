@@ -46,7 +46,7 @@ def test_load_by_path_matches_load_by_name():
 
 def test_path_needs_a_known_model():
     path = str(SOURCES["efficientnet_lite0/imagenet"].path())
-    for model in (None, "resnet50"):
+    for model in (None, "no_such_model"):
         with pytest.raises(ValueError, match="efficientnet_lite0.*efficientnet_lite4"):
             load(path, model=model)
 

@@ -100,3 +100,13 @@ def block_names(name: str) -> list[str]:
         for s, spec in enumerate(stages(name), start=1)
         for b in range(1, spec.repeats + 1)
     ]
+
+
+def stage_names(name: str) -> list[str]:
+    """Backbone subtrees from input to output: `stem`, `stage1` ... `stage7`, `top`."""
+    return ["stem"] + [f"stage{s}" for s in range(1, len(stages(name)) + 1)] + ["top"]
+
+
+def layer_names(name: str) -> list[str]:
+    """Backbone subtrees at block granularity, input to output (for layer-wise lr decay)."""
+    return ["stem", *block_names(name), "top"]

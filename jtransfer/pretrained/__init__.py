@@ -17,14 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-from jtransfer.pretrained import efficientnet_lite, torch_pickle
+from jtransfer.pretrained import (
+    bit,
+    efficientnet_lite,
+    npz_reader,
+    resnet,
+    safetensors_reader,
+    torch_pickle,
+    vit,
+)
+from jtransfer.pretrained.npz_reader import NpzFileError
+from jtransfer.pretrained.safetensors_reader import SafetensorsFileError
 from jtransfer.pretrained.sources import SOURCES, Source
 from jtransfer.pretrained.torch_pickle import TorchFileError, UnsafePickleError
 
 __all__ = [
     "KEY_MAPS",
+    "NpzFileError",
     "READERS",
     "SOURCES",
+    "SafetensorsFileError",
     "Source",
     "TorchFileError",
     "UnsafePickleError",
@@ -34,10 +46,15 @@ __all__ = [
 READERS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
     ".pth": torch_pickle.read_state_dict,
     ".pt": torch_pickle.read_state_dict,
+    ".safetensors": safetensors_reader.read_state_dict,
+    ".npz": npz_reader.read_npz,
 }
 
 KEY_MAPS: dict[str, Callable[[dict[str, np.ndarray], str], dict]] = {
-    name: efficientnet_lite.from_lukemelas for name in efficientnet_lite.MODELS
+    **{name: efficientnet_lite.from_lukemelas for name in efficientnet_lite.MODELS},
+    **{name: resnet.from_torchvision for name in resnet.MODELS},
+    **{name: bit.from_timm for name in bit.MODELS},
+    **{name: vit.convert for name in vit.MODELS},
 }
 
 

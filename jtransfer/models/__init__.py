@@ -1,0 +1,82 @@
+"""Model registry: a plain dict from name to a builder returning an `ImageClassifier`.
+
+`build_model` is the only entry point the trainer uses; builders take `num_classes` plus the
+backbone's keyword options, so a config can pass them through without knowing the family.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from jtransfer.models import bit_spec, efficientnet_lite_spec, resnet_spec, vit_spec
+from jtransfer.models.bit import BiT
+from jtransfer.models.efficientnet_lite import EfficientNetLite
+from jtransfer.models.heads import ClassificationHead, ImageClassifier
+from jtransfer.models.resnet import ResNet
+from jtransfer.models.vit import ViT
+
+
+def _efficientnet_lite(
+    variant: str, num_classes: int, *, dropout_rate: float | None = None, **backbone_kwargs
+) -> ImageClassifier:
+    if dropout_rate is None:
+        dropout_rate = efficientnet_lite_spec.variant(variant).dropout
+    return ImageClassifier(
+        backbone=EfficientNetLite(variant, **backbone_kwargs),
+        head=ClassificationHead(num_classes, dropout_rate),
+    )
+
+
+def _classifier(
+    backbone: type[nn.Module],
+    variant: str,
+    num_classes: int,
+    *,
+    dropout_rate: float = 0.0,
+    **backbone_kwargs,
+) -> ImageClassifier:
+    return ImageClassifier(
+        backbone=backbone(variant, **backbone_kwargs),
+        head=ClassificationHead(num_classes, dropout_rate),
+    )
+
+
+# Model name -> its backbone class, whose fields are the model's options.
+BACKBONES: dict[str, type[nn.Module]] = {
+    **dict.fromkeys(efficientnet_lite_spec.VARIANTS, EfficientNetLite),
+    **dict.fromkeys(resnet_spec.VARIANTS, ResNet),
+    **dict.fromkeys(bit_spec.VARIANTS, BiT),
+    **dict.fromkeys(vit_spec.VARIANTS, ViT),
+}
+
+MODELS: dict[str, Callable[..., ImageClassifier]] = {
+    **{
+        name: functools.partial(_efficientnet_lite, name)
+        for name in efficientnet_lite_spec.VARIANTS
+    },
+    **{name: functools.partial(_classifier, ResNet, name) for name in resnet_spec.VARIANTS},
+    **{name: functools.partial(_classifier, BiT, name) for name in bit_spec.VARIANTS},
+    **{name: functools.partial(_classifier, ViT, name) for name in vit_spec.VARIANTS},
+}
+
+
+def _check_kwargs(name: str, kwargs: dict) -> None:
+    allowed = {"dropout_rate"} | set(inspect.signature(BACKBONES[name]).parameters) - {"variant"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"model {name!r} got unknown options {unknown}; valid: {sorted(allowed)}")
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> ImageClassifier:
+    """The registered model `name` with a fresh `num_classes`-way head."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}.{hint}")
+    _check_kwargs(name, kwargs)
+    return MODELS[name](num_classes, **kwargs)

@@ -1,0 +1,51 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtransfer.models.heads import ClassificationHead, ImageClassifier
+
+
+class _Backbone(nn.Module):
+    """A stand-in feature extractor: (N, H, W, 3) -> (N, H/2, W/2, 8)."""
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        return nn.Conv(8, (2, 2), strides=2, name="conv")(x)
+
+
+def _model(dropout_rate=0.0):
+    return ImageClassifier(backbone=_Backbone(), head=ClassificationHead(5, dropout_rate))
+
+
+def test_tree_names_and_zero_head():
+    x = jnp.ones((2, 8, 8, 3))
+    variables = _model().init(jax.random.key(0), x, train=False)
+    assert set(variables["params"]) == {"backbone", "head"}
+    head = variables["params"]["head"]
+    assert set(head) == {"dense"}
+    assert head["dense"]["kernel"].shape == (8, 5)
+    np.testing.assert_array_equal(head["dense"]["kernel"], 0)
+    np.testing.assert_array_equal(head["dense"]["bias"], 0)
+    np.testing.assert_array_equal(_model().apply(variables, x, train=False), 0)
+
+
+def test_features_are_pooled_backbone_output():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+    model = _model()
+    variables = model.init(jax.random.key(0), x, train=False)
+    features = model.apply(variables, x, method="features")
+    maps = _Backbone().apply({"params": variables["params"]["backbone"]}, x, train=False)
+    np.testing.assert_allclose(features, maps.mean(axis=(1, 2)), rtol=1e-6)
+    assert features.shape == (2, 8)
+
+
+def test_dropout_only_in_training():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+    model = _model(dropout_rate=0.5)
+    variables = model.init(jax.random.key(0), x, train=False)
+    variables["params"]["head"]["dense"]["kernel"] = jnp.ones((8, 5))
+    evaluated = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(evaluated, model.apply(variables, x, train=False))
+    trained = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(trained, evaluated)
