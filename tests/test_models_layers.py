@@ -78,7 +78,7 @@ def test_batch_norm_train_gradient_matches_autodiff():
     grad = jax.jit(jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0)
     ref = grad(reference, x, scale, bias)
     for shift in (jnp.zeros(5), jnp.full(5, 1.2)):  # the shift changes rounding, not the result
-        ours = grad(lambda *a: layers.batch_norm_train(*a, shift, 1e-3), x, scale, bias)
+        ours = grad(lambda *a, s=shift: layers.batch_norm_train(*a, s, 1e-3), x, scale, bias)
         for a, b in zip(ref, ours, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
