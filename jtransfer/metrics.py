@@ -20,11 +20,12 @@ class MetricWriter:
         self.total_steps = total_steps
         self._jsonl = self._tb = None
         if self.enabled:
-            from flax.metrics import tensorboard  # imports tensorflow: only where it writes
+            import tensorflow as tf  # the input pipeline's TensorFlow writes the events too
 
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._scalar = tf.summary.scalar
         self._last = None  # (time, step) of the previous progress line
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -33,9 +34,14 @@ class MetricWriter:
         values = {k: float(v) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
-        for k, v in values.items():
-            self._tb.scalar(k, v, step)
+        with self._tb.as_default():
+            for k, v in values.items():
+                self._scalar(k, v, step=step)
         self._tb.flush()
+
+    def start(self, step: int) -> None:
+        """Mark where the rate of the next progress line counts from."""
+        self._last = (time.perf_counter(), step)
 
     def progress(self, step: int, loss: float, batch_size: int, extra: str = "") -> float | None:
         """Print the progress line; returns images/s since the previous call (None the first)."""

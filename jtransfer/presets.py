@@ -1,30 +1,32 @@
 """Named freezing strategies → (policy pairs, norm_eval regex) for configs.
 
-Every model family names its subtrees `backbone/stem`, `backbone/stage1..N`, `backbone/top`
-(where it has one) and `head`, so one preset serves all of them. The BatchNorm layers of a
-frozen subtree normalise with their running statistics and keep them (MMDetection's
-`norm_eval`), which is what a frozen layer should do on a small dataset.
+Each model family lists its backbone subtrees from input to output (`models.stage_names`:
+`stem, stage1, ...` for CNNs, `embed, block1, ...` for ViT), so one preset serves all of them:
+`k` freezes the first subtree and the k after it, as MMDetection's `frozen_stages`. The
+BatchNorm layers of a frozen subtree normalise with their running statistics and keep them
+(MMDetection's `norm_eval`), which is what a frozen layer should do on a small dataset; for
+families without BatchNorm the returned `norm_eval` is empty.
 """
 
 from __future__ import annotations
 
-FREEZE_PRESETS = ("full", "head", "stages:K")
+from jtransfer import models
+
+FREEZE_PRESETS = ("full", "head", "K (int)", "stages:K")
 
 
-def _frozen_stages_regex(k: int) -> str:
-    if k < 0:
-        raise ValueError(f"frozen stages must be >= 0, got {k}")
-    stages = "|".join(f"stage{i}" for i in range(1, k + 1))
-    return f"backbone/(stem{'|' + stages if stages else ''})"
+def _subtrees_regex(names: list[str]) -> str:
+    return f"backbone/({'|'.join(names)})"
 
 
-def freeze(preset: str | int) -> tuple[list[tuple[str, str]], str]:
-    """`'full'` (fine-tune all), `'head'` (linear probe) or `k` / `'stages:k'` (freeze the stem
-    and the first k stages, as MMDetection's `frozen_stages`)."""
+def freeze(preset: str | int, model: str) -> tuple[list[tuple[str, str]], str]:
+    """`'full'` (fine-tune all), `'head'` (linear probe) or `k` / `'stages:k'` (freeze the
+    first backbone subtree and the k that follow it)."""
+    bn = models.has_batch_norm(model)
     if preset == "full":
         return [(".*", "train")], ""
     if preset == "head":
-        return [("head/.*", "train"), (".*", "frozen")], "backbone/.*"
+        return [("head/.*", "train"), (".*", "frozen")], "backbone/.*" if bn else ""
     if isinstance(preset, str) and preset.startswith("stages:"):
         preset = preset.split(":", 1)[1]
     try:
@@ -33,5 +35,8 @@ def freeze(preset: str | int) -> tuple[list[tuple[str, str]], str]:
         raise ValueError(
             f"unknown freeze preset {preset!r}; valid: {list(FREEZE_PRESETS)}"
         ) from None
-    frozen = _frozen_stages_regex(k)
-    return [(frozen + "/.*", "frozen"), (".*", "train")], frozen + "(/.*)?"
+    names = models.stage_names(model)
+    if not 0 <= k < len(names) - 1:
+        raise ValueError(f"{model} has stages 0..{len(names) - 2} to freeze, got {k}")
+    frozen = _subtrees_regex(names[: k + 1])
+    return [(frozen + "/.*", "frozen"), (".*", "train")], frozen + "(/.*)?" if bn else ""

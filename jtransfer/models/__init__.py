@@ -65,6 +65,39 @@ MODELS: dict[str, Callable[..., ImageClassifier]] = {
 }
 
 
+_SPECS = {
+    **dict.fromkeys(efficientnet_lite_spec.VARIANTS, efficientnet_lite_spec),
+    **dict.fromkeys(resnet_spec.VARIANTS, resnet_spec),
+    **dict.fromkeys(bit_spec.VARIANTS, bit_spec),
+    **dict.fromkeys(vit_spec.VARIANTS, vit_spec),
+}
+
+
+def _known(name: str) -> None:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}.{hint}")
+
+
+def stage_names(name: str) -> list[str]:
+    """Backbone subtrees from input to output (`stem`, `stage1`, ...): what presets freeze."""
+    _known(name)
+    return _SPECS[name].stage_names(name)
+
+
+def layer_names(name: str) -> list[str]:
+    """Backbone subtrees at block granularity, input to output (layer-wise learning rates)."""
+    _known(name)
+    return _SPECS[name].layer_names(name)
+
+
+def has_batch_norm(name: str) -> bool:
+    """Whether the backbone has BatchNorm layers, i.e. takes a `norm_eval` policy."""
+    _known(name)
+    return "norm_eval" in inspect.signature(BACKBONES[name]).parameters
+
+
 def _check_kwargs(name: str, kwargs: dict) -> None:
     allowed = {"dropout_rate"} | set(inspect.signature(BACKBONES[name]).parameters) - {"variant"}
     unknown = sorted(set(kwargs) - allowed)
@@ -74,9 +107,6 @@ def _check_kwargs(name: str, kwargs: dict) -> None:
 
 def build_model(name: str, num_classes: int, **kwargs) -> ImageClassifier:
     """The registered model `name` with a fresh `num_classes`-way head."""
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}.{hint}")
+    _known(name)
     _check_kwargs(name, kwargs)
     return MODELS[name](num_classes, **kwargs)
