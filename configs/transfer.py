@@ -10,7 +10,10 @@ Arguments (`:key=value,...`):
   res     input resolution
   epochs, batch, lr   training length, global batch size, peak learning rate
 
-Results on ../shared/data/hymenoptera (2 CPU cores): RESULT_PENDING
+Results on ../shared/data/hymenoptera at res=224, 10 epochs (76 steps of 32), EfficientNet-Lite0
+ImageNet weights, 2 shared CPU cores (other jobs running, so times are upper bounds):
+  freeze=head  val accuracy 0.948 (145/153), 67 s of training, 1 min 45 s wall
+  freeze=full  val accuracy 0.954 (146/153), 544 s of training, about 10 min wall
 """
 
 import os
