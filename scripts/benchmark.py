@@ -10,11 +10,16 @@ alternating rounds so that load from other processes on a shared machine hits bo
 figures are medians over all timed steps after a warm-up (torch's first train steps are several
 times slower than its steady state). `--threads` sets torch's intra-op threads; XLA uses every
 core the process may run on (restrict both with taskset). No XLA flags are set: none of those
-tried (YNN/XNNPACK/oneDNN switches) beat the defaults beyond the noise.
+tried (YNN/XNNPACK/oneDNN switches) beat the defaults beyond the noise. Nor is the allocator
+tuned, though a quarter of JAX's CPU time here is the kernel faulting in fresh pages for XLA's
+per-step buffers: glibc `mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=max, M_ARENA_MAX=1)` removes
+that (JAX alone: train +13%, eval +26%) but slows torch in the same process.
 
 Measured on 2 shared AMD EPYC cores, jax 0.10.2, torch 2.13.0 (`step`, defaults), two runs:
-    train  jax 86.6 / 96.1 img/s, torch 49.2 / 60.9 img/s, ratio 1.76 / 1.58
-    eval   jax 384.4 / 418.1 img/s, torch 240.6 / 289.2 img/s, ratio 1.60 / 1.45
+    train  jax 92.6 / 79.5 img/s, torch 71.6 / 62.4 img/s, ratio 1.29 / 1.27
+    eval   jax 504.7 / 387.6 img/s, torch 332.9 / 344.2 img/s, ratio 1.52 / 1.13
+Other users' load moves whole rounds by 10-30%; torch's OpenMP threads degrade far more than XLA
+under oversubscription (torch train fell to 5 img/s), so ratios from a busy machine flatter JAX.
 """
 
 from __future__ import annotations
@@ -67,6 +72,13 @@ def make_steps(model, optimizer: optax.GradientTransformation) -> tuple[Callable
 
 
 def _timed(fn: Callable[[], object], steps: int) -> list[float]:
+    """Seconds per call of `steps` calls, after one untimed call.
+
+    The untimed call absorbs the cost of switching between train and eval (or between the two
+    libraries), e.g. the first JAX eval step after train steps runs 25% slower than the next
+    ones; a training or evaluation loop pays that once, not every few steps.
+    """
+    fn()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -132,8 +144,8 @@ def cmd_step(args: argparse.Namespace) -> None:
     }
     times = {(lib, kind): [] for lib in runners for kind in ("train", "eval")}
     for train, evaluate in runners.values():  # warm-up, compilation included
-        _timed(train, 3)
-        _timed(evaluate, 2)
+        _timed(train, 2)
+        _timed(evaluate, 1)
     for _ in range(args.rounds):
         for lib, (train, evaluate) in runners.items():
             times[lib, "train"] += _timed(train, args.steps)
