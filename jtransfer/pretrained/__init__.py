@@ -7,6 +7,13 @@ model name). Keeping them apart is what lets a new format (npz, safetensors, orb
 family (resnet, vit) be one new entry in `READERS` or `KEY_MAPS` rather than a new code path.
 `KEY_MAPS` is keyed by full model name, not family prefix, so the list of valid models in an
 error is simply its keys.
+
+Trees already in jtransfer's layout need no key map: a run's workdir or checkpoint step directory
+(read by `orbax_reader`) and a file of '/'-joined native keys (`jtransfer.export`'s) load as they
+are, checked against `model` when one is given. A `:subtree` suffix (`run_dir:backbone`,
+`weights.npz:backbone/stage1`) keeps only that parameter subtree, in every collection; the rest
+of the model is then missing from the loaded tree, which `graft` accepts only where `dont_load`
+re-initialises it on purpose, so a partial load always shows in the graft manifest.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ import numpy as np
 from jtransfer.pretrained import (
     bit,
     efficientnet_lite,
+    native,
     npz_reader,
+    orbax_reader,
     resnet,
     safetensors_reader,
     torch_pickle,
     vit,
 )
 from jtransfer.pretrained.npz_reader import NpzFileError
+from jtransfer.pretrained.orbax_reader import OrbaxCheckpointError
 from jtransfer.pretrained.safetensors_reader import SafetensorsFileError
 from jtransfer.pretrained.sources import SOURCES, Source
 from jtransfer.pretrained.torch_pickle import TorchFileError, UnsafePickleError
@@ -34,6 +44,7 @@ from jtransfer.pretrained.torch_pickle import TorchFileError, UnsafePickleError
 __all__ = [
     "KEY_MAPS",
     "NpzFileError",
+    "OrbaxCheckpointError",
     "READERS",
     "SOURCES",
     "SafetensorsFileError",
@@ -41,6 +52,8 @@ __all__ = [
     "TorchFileError",
     "UnsafePickleError",
     "load",
+    "read",
+    "split_subtree",
 ]
 
 READERS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
@@ -58,12 +71,45 @@ KEY_MAPS: dict[str, Callable[[dict[str, np.ndarray], str], dict]] = {
 }
 
 
-def load(name_or_path: str, model: str | None = None) -> dict:
-    """The variables tree (`{'params': ..., 'batch_stats': ...}`, numpy float32 leaves).
+def split_subtree(name_or_path: str) -> tuple[str, str]:
+    """(source, subtree) of `source[:subtree]`; subtree '' when there is no suffix.
 
-    `name_or_path` is a key of `SOURCES` (then `model`, if given, must agree with it) or the path
-    of a weights file, for which `model` (a key of `KEY_MAPS`) says how to map its keys.
+    The suffix follows the last ':' and counts only when what precedes it is a registered
+    source or an existing path, so a name that itself holds a ':' still loads whole.
     """
+    if name_or_path in SOURCES or Path(name_or_path).exists():
+        return name_or_path, ""
+    source, sep, subtree = name_or_path.rpartition(":")
+    if sep and (source in SOURCES or Path(source).exists()):
+        return source, subtree
+    return name_or_path, ""
+
+
+def read(path: str | Path) -> dict[str, np.ndarray]:
+    """The flat `{key: array}` stored at `path` (a weights file or a run directory), unmapped."""
+    path = Path(path)
+    if path.is_dir():
+        return native.flatten(orbax_reader.read_run(path))
+    if path.suffix not in READERS:
+        raise ValueError(f"no reader for {path.suffix!r} files ({path}); known: {sorted(READERS)}")
+    return READERS[path.suffix](path)
+
+
+def load(name_or_path: str, model: str | None = None) -> dict:
+    """The variables tree (`{'params': ..., 'batch_stats': ...}`, numpy leaves).
+
+    `name_or_path` is a key of `SOURCES` (then `model`, if given, must agree with it), a run's
+    workdir or checkpoint step directory, or the path of a weights file, optionally followed by
+    `:subtree` (a parameter path such as `backbone`) to load only that part. A file in a foreign
+    layout needs `model` (a key of `KEY_MAPS`) to say how to map its keys; a native tree (a run,
+    an export) needs none, and if `model` is given it must be that model's tree.
+    """
+    source, subtree = split_subtree(name_or_path)
+    tree = _load_whole(source, model)
+    return native.subtree(tree, subtree, source) if subtree else tree
+
+
+def _load_whole(name_or_path: str, model: str | None) -> dict:
     if name_or_path in SOURCES:
         source = SOURCES[name_or_path]
         if model is not None and model != source.model:
@@ -71,15 +117,26 @@ def load(name_or_path: str, model: str | None = None) -> dict:
         return KEY_MAPS[source.model](source.reader(source.path()), source.model)
 
     path = Path(name_or_path)
-    if not path.is_file():
+    if not path.exists():
         close = difflib.get_close_matches(name_or_path, SOURCES, n=3)
         hint = f"; did you mean {close}?" if close else ""
         raise ValueError(
-            f"{name_or_path!r} is neither a pretrained source nor a file; "
+            f"{name_or_path!r} is neither a pretrained source nor a file or run directory; "
             f"valid sources: {sorted(SOURCES)}{hint}"
         )
+    flat = read(path)
+    if native.is_native(flat):
+        tree = native.unflatten(flat)
+        problems = native.misfits(tree, model) if model is not None else []
+        if problems:
+            raise ValueError(
+                f"{path} holds a jtransfer tree that is not {model} ({len(problems)} paths):\n  "
+                + "\n  ".join(problems)
+            )
+        return tree
     if model not in KEY_MAPS:
         raise ValueError(f"loading {path} needs model= one of {sorted(KEY_MAPS)} (got {model!r})")
-    if path.suffix not in READERS:
-        raise ValueError(f"no reader for {path.suffix!r} files ({path}); known: {sorted(READERS)}")
-    return KEY_MAPS[model](READERS[path.suffix](path), model)
+    try:
+        return KEY_MAPS[model](flat, model)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -1,0 +1,74 @@
+"""Read the weights of a jtransfer run's orbax checkpoint: fine-tune from a fine-tune.
+
+A run saves its whole train state (`jtransfer.checkpoint`): parameters and batch statistics,
+but also the step, optimizer state, RNG and whatever later versions add. A reader that rebuilt
+that structure to restore into would break each time the state gains a field, and would need the
+optimizer of the earlier run. So this reader asks orbax for the checkpoint's own tree metadata
+and restores only the `params` and `batch_stats` subtrees (orbax's partial restore), as host
+numpy arrays: no target structure, no device placement, no sharding of the run that saved it.
+
+A path may be the run's workdir (its latest step under `checkpoints/` is read), its
+`checkpoints/` directory, or one step directory `checkpoints/<step>`. Orbax names a step
+directory by its number only once the save is complete, so the latest complete step is the
+largest all-digit name. Every failure is an `OrbaxCheckpointError` naming the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+COLLECTIONS = ("params", "batch_stats")
+_ITEM = "default"  # the item name orbax's CheckpointManager gives a single unnamed item
+
+
+class OrbaxCheckpointError(ValueError):
+    """The directory holds no readable orbax checkpoint of a jtransfer run."""
+
+
+def step_dir(path: str | Path) -> Path:
+    """The step directory that `path` (workdir, checkpoints/ or a step directory) stands for."""
+    path = Path(path)
+    if (path / _ITEM).is_dir():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()]
+    if not steps:
+        raise OrbaxCheckpointError(
+            f"{path} holds no orbax checkpoint: expected a run's workdir (with checkpoints/), its "
+            f"checkpoints/ directory or a step directory checkpoints/<step>/{_ITEM}"
+        )
+    return root / str(max(steps))
+
+
+def read_run(path: str | Path) -> dict:
+    """`{'params': ..., 'batch_stats': ...}` (nested dicts of numpy arrays) saved at `path`."""
+    item = step_dir(path) / _ITEM
+    checkpointer = ocp.PyTreeCheckpointer()
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns of every optional metadata file it lacks
+    try:
+        metadata = checkpointer.metadata(item).item_metadata
+        tree = getattr(metadata, "tree", None)
+        if not isinstance(tree, dict) or "params" not in tree:
+            top = sorted(tree) if isinstance(tree, dict) else None
+            raise OrbaxCheckpointError(
+                f"{item} is not a readable orbax checkpoint of a jtransfer run "
+                f"(no tree metadata with 'params'; top-level keys: {top})"
+            )
+        wanted = {k: tree[k] for k in COLLECTIONS if k in tree}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        args = ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)
+        restored = checkpointer.restore(item, args=args)
+    except OrbaxCheckpointError:
+        raise
+    except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        raise OrbaxCheckpointError(f"{item} could not be restored: {e}") from e
+    finally:
+        absl_logger.setLevel(level)
+    return {k: restored.get(k) or {} for k in COLLECTIONS}
