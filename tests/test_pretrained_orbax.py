@@ -7,11 +7,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from runs import save_run
 
 from jtransfer import models
-from jtransfer.checkpoint import Checkpointer
 from jtransfer.graft import GraftError, graft
 from jtransfer.pretrained import OrbaxCheckpointError, load
 from jtransfer.pretrained.native import flatten
@@ -31,30 +30,13 @@ def _init(seed: int) -> dict:
     return jax.device_get(_initializer()(jax.random.PRNGKey(seed)))
 
 
-def _save(workdir, step: int, variables: dict) -> None:
-    """A train state like train.py's, with fields the reader must not need to know."""
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
-    ckpt.save(
-        step,
-        {
-            "step": np.int32(step),
-            "params": variables["params"],
-            "batch_stats": variables["batch_stats"],
-            "opt_state": optax.sgd(0.1, momentum=0.9).init(variables["params"]),
-            "rng": jax.random.PRNGKey(1),
-            "phase": np.int32(2),
-        },
-    )
-    ckpt.close()
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A workdir with checkpoints at steps 3 and 7 (different parameters)."""
     workdir = tmp_path_factory.mktemp("run")
-    _save(workdir, 3, _init(3))
+    save_run(workdir, 3, _init(3))
     trained = _init(7)
-    _save(workdir, 7, trained)
+    save_run(workdir, 7, trained)
     return str(workdir), trained
 
 
@@ -128,7 +110,7 @@ def test_directory_without_checkpoints_names_it(tmp_path):
 
 def test_corrupt_checkpoint_names_it(run, tmp_path):
     workdir, trained = run
-    _save(tmp_path, 1, trained)
+    save_run(tmp_path, 1, trained)
     for path in glob.glob(f"{tmp_path}/checkpoints/1/**/d/*", recursive=True):
         os.truncate(path, os.path.getsize(path) // 2)
     with pytest.raises(OrbaxCheckpointError, match=f"{tmp_path}/checkpoints/1/default"):
