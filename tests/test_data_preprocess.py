@@ -74,3 +74,20 @@ def test_bad_arguments_name_the_op():
         data.parse_pp("decode|resize(1, 2, 3)")
     with pytest.raises(ValueError, match="cannot parse"):
         data.parse_pp("decode|resize(x)")
+
+
+def test_normalize_with_imagenet_statistics():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = run(f"decode|value_range(0, 1)|normalize({mean}, {std})")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (IMAGE / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run("decode|value_range(0, 1)|normalize(0.5, 0.25)"), IMAGE / 255 * 4 - 2, atol=1e-5
+    )
+
+
+def test_normalize_refuses_uint8_and_bad_std():
+    with pytest.raises(ValueError, match=r"float image, got uint8: put value_range\(0, 1\)"):
+        run("decode|normalize(0.5, 0.5)")
+    with pytest.raises(ValueError, match="std must be positive"):
+        data.parse_pp("normalize((0.5, 0.5, 0.5), (0.2, 0.0, 0.2))")

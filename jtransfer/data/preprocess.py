@@ -189,3 +189,26 @@ def flip_lr() -> Op:
 def value_range(lo: float, hi: float) -> Op:
     """uint8 [0, 255] -> float32 [lo, hi]."""
     return _on_image(lambda image: tf.cast(image, tf.float32) * ((hi - lo) / 255) + lo)
+
+
+@register_op("normalize", random=False)
+def normalize(mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> Op:
+    """(image - mean) / std per channel, on a float image: torchvision's input convention.
+
+    ResNet and timm weights expect `value_range(0, 1)|normalize((0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225))` (ImageNet's channel means and standard deviations of [0, 1] pixels).
+    A uint8 image is an error rather than normalised on the [0, 255] scale by mistake.
+    """
+    if any(s <= 0 for s in tf.nest.flatten(std)):
+        raise ValueError(f"normalize: std must be positive, got {std}")
+    mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+    def fn(image: tf.Tensor) -> tf.Tensor:
+        if not image.dtype.is_floating:
+            raise ValueError(
+                f"normalize needs a float image, got {image.dtype.name}: put value_range(0, 1) "
+                "before it"
+            )
+        return (image - mean_t) / std_t
+
+    return _on_image(fn)
