@@ -13,7 +13,6 @@ fine-tune see exactly the same arrays.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from jtransfer import pretrained
+from jtransfer import pretrained, run_args
 
 WRITERS: dict[str, Callable[[dict[str, np.ndarray], Path], None]] = {
     ".safetensors": lambda arrays, path: safetensors.numpy.save_file(arrays, path),
@@ -35,7 +34,7 @@ def export(run: str | Path, out: str | Path, step: int | None = None) -> dict[st
     out = Path(out)
     if out.suffix not in WRITERS:
         raise ValueError(f"cannot write {out}: the suffix must be one of {sorted(WRITERS)}")
-    source = Path(run) / "checkpoints" / str(step) if step is not None else Path(run)
+    source = run_args.checkpoint(run, step)
     arrays = {k: np.ascontiguousarray(v) for k, v in pretrained.read(source).items()}
     partial = out.with_name(f".{out.name}.partial{out.suffix}")
     WRITERS[out.suffix](arrays, partial)
@@ -44,14 +43,8 @@ def export(run: str | Path, out: str | Path, step: int | None = None) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m jtransfer.export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--workdir", required=True, help="the run's workdir or a step directory")
+    parser = run_args.parser("python -m jtransfer.export", __doc__)
     parser.add_argument("--out", required=True, help=f"output file, one of {sorted(WRITERS)}")
-    parser.add_argument("--step", type=int, help="checkpoint step to export; default: latest")
     args = parser.parse_args(argv)
     arrays = export(args.workdir, args.out, args.step)
     count = sum(a.size for a in arrays.values())
