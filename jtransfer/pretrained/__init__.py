@@ -35,6 +35,7 @@ from jtransfer.pretrained import (
     torch_pickle,
     vit,
 )
+from jtransfer.pretrained.key_table import KeyMapError
 from jtransfer.pretrained.npz_reader import NpzFileError
 from jtransfer.pretrained.orbax_reader import OrbaxCheckpointError
 from jtransfer.pretrained.safetensors_reader import SafetensorsFileError
@@ -43,6 +44,7 @@ from jtransfer.pretrained.torch_pickle import TorchFileError, UnsafePickleError
 
 __all__ = [
     "KEY_MAPS",
+    "KeyMapError",
     "NpzFileError",
     "OrbaxCheckpointError",
     "READERS",

@@ -1,22 +1,38 @@
-"""The shared half of every key map: a table of expected torch keys and one strict conversion.
+"""The shared half of every key map: a table of expected checkpoint keys and one strict build.
 
-A family's key map builds a table, from its architecture spec, of every torch key the variant
-must have: its Flax path, the torch shape the architecture implies, and the layout change.
-`convert` then compares the whole table with the state dict in one go, which is what lets the
-error list *every* missing, unexpected and misshapen key at once instead of stopping at the
-first, and builds the nested variables tree. Keys in `optional` (BatchNorm's
-`num_batches_tracked`: Flax keeps no step count) are accepted and dropped.
+A family's key map builds a table, from its architecture spec, of every key the variant must
+have: for each leaf of the jtransfer tree, the checkpoint keys it is made from, their shapes as
+the architecture implies them, and how the leaf is made from them. `build` then compares the
+whole table with the state dict in one go, which is what lets the error list *every* missing,
+unexpected and misshapen key at once instead of stopping at the first, and builds the nested
+variables tree. Most leaves come from one key by a layout change (`Table`, `convert`); ViT's
+`qkv` kernel is three checkpoint keys and its `cls_token` two (`MultiTable`, `build`). Keys in
+`optional` (BatchNorm's `num_batches_tracked`: Flax keeps no step count) are accepted and
+dropped. The error is a `KeyMapError` carrying the problems, so `inspect` can rank near misses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
 Transform = Callable[[np.ndarray], np.ndarray]
 # torch key -> (Flax path starting with the collection, torch shape, torch -> Flax layout)
 Table = dict[str, tuple[tuple[str, ...], tuple[int, ...], Transform]]
+# Flax path -> (checkpoint keys it is made from, their shapes, how it is made from them)
+MultiTable = dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...], Callable]]
+
+
+class KeyMapError(ValueError):
+    """A state dict that is not the table's model; `problems` lists (kind, key or reason)."""
+
+    def __init__(self, title: str, problems: Sequence[tuple[str, str]]):
+        self.problems = list(problems)
+        kinds = dict.fromkeys(["missing", "unexpected", "wrong shape", *(k for k, _ in problems)])
+        counts = ", ".join(f"{sum(k == kind for k, _ in problems)} {kind}" for kind in kinds)
+        lines = [f"  {kind}: {text}" for kind, text in problems]
+        super().__init__(f"{title} ({counts}):\n" + "\n".join(lines))
 
 
 def identity(x: np.ndarray) -> np.ndarray:
@@ -79,31 +95,50 @@ def num_classes(state_dict: dict[str, np.ndarray], bias_key: str, default: int =
     return bias.shape[0] if bias is not None and bias.ndim == 1 else default
 
 
-def convert(
-    state_dict: dict[str, np.ndarray], table: Table, optional: set[str], model: str
+def build(
+    state_dict: dict[str, np.ndarray],
+    table: MultiTable,
+    title: str,
+    optional: Collection[str] = (),
+    problems: Sequence[tuple[str, str]] = (),
 ) -> dict:
-    """The variables tree of `state_dict` laid out by `table`: float32, C-contiguous leaves.
+    """The variables tree `table` makes of `state_dict`: float32, C-contiguous leaves.
 
-    Raises ValueError listing every missing, unexpected and misshapen key if the state dict
-    is not exactly `model`.
+    Raises KeyMapError (`title`, then every missing, unexpected and misshapen key and the
+    caller's own `problems`) if the state dict is not exactly the table's.
     """
-    missing = [k for k in table if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in table and k not in optional]
-    misshapen = [
-        f"{k}: expected {table[k][1]}, got {tuple(v.shape)}"
-        for k, v in state_dict.items()
-        if k in table and tuple(v.shape) != table[k][1]
+    expected = {
+        key: shape
+        for keys, shapes, _ in table.values()
+        for key, shape in zip(keys, shapes, strict=True)
+    }
+    found = [("missing", k) for k in expected if k not in state_dict]
+    found += [("unexpected", k) for k in state_dict if k not in expected and k not in optional]
+    found += [
+        ("wrong shape", f"{k}: expected {shape}, got {tuple(state_dict[k].shape)}")
+        for k, shape in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != shape
     ]
-    if missing or unexpected or misshapen:
-        problems = [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)]
-        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems)
-        lines = [f"  {kind}: {k}" for kind, keys in problems for k in keys]
-        raise ValueError(f"state dict does not match {model} ({counts}):\n" + "\n".join(lines))
+    if found or problems:
+        raise KeyMapError(title, [*found, *problems])
 
     tree: dict = {}
-    for key, (path, _shape, transform) in table.items():
+    for path, (keys, _shapes, make) in table.items():
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = np.ascontiguousarray(transform(state_dict[key]), dtype=np.float32)
+        value = make(*(state_dict[k] for k in keys))
+        node[path[-1]] = np.ascontiguousarray(value, dtype=np.float32)
     return tree
+
+
+def convert(
+    state_dict: dict[str, np.ndarray], table: Table, optional: set[str], model: str
+) -> dict:
+    """`build` for a table of one checkpoint key per leaf.
+
+    Raises KeyMapError listing every missing, unexpected and misshapen key if the state dict
+    is not exactly `model`.
+    """
+    multi = {path: ((key,), (shape,), make) for key, (path, shape, make) in table.items()}
+    return build(state_dict, multi, f"state dict does not match {model}", optional)

@@ -11,11 +11,11 @@ at the top without a class-token position, vision_transformer keeps it under
 them, which is not weights and is skipped; a scanned encoder (`Transformer/encoderblock/...`,
 blocks stacked on a leading axis) is unstacked.
 
-As in `key_table`, the map first builds a table of every checkpoint key the variant must have,
-then compares it with the checkpoint in one go, so an error lists *every* missing, unexpected
-and misshapen key. The table here is keyed by jtransfer path, each made from one or more
-checkpoint keys (query, key and value kernels make one `qkv` kernel; the class token and its
-position make `cls_token`), which `key_table`'s one-key-one-leaf table cannot express. The
+The map builds a `key_table.MultiTable` of every checkpoint key the variant must have, keyed
+by jtransfer path, each leaf made from one or more checkpoint keys (query, key and value
+kernels make one `qkv` kernel; the class token and its position make `cls_token`), and
+`key_table.build` checks it against the checkpoint in one go, so an error lists *every*
+missing, unexpected and misshapen key and any position embedding that cannot map. The
 variant fixes width, depth, MLP size and heads; what a model may legitimately choose
 differently (patch size, input channels, position grid, class count) is read from the
 checkpoint and left to `graft`, which resamples or reports it against the model.
@@ -31,17 +31,19 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 
 import numpy as np
 
 from jtransfer.models.vit_spec import VARIANTS, variant
-from jtransfer.pretrained.key_table import identity, linear_to_dense, oihw_to_hwio
+from jtransfer.pretrained.key_table import (
+    MultiTable,
+    build,
+    identity,
+    linear_to_dense,
+    oihw_to_hwio,
+)
 
 MODELS = tuple(VARIANTS)
-
-# jtransfer path -> (checkpoint keys it is made from, their shapes, how it is made from them).
-_Table = dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...], Callable]]
 
 
 def _square_side(n: int) -> int | None:
@@ -71,7 +73,7 @@ def _posemb_prefix(key: str, shape: tuple[int, ...], class_token: str | None, sl
 
 
 def _posemb_entries(
-    table: _Table,
+    table: MultiTable,
     state_dict: dict[str, np.ndarray],
     posemb_key: str,
     cls_key: str,
@@ -117,12 +119,12 @@ def _leading(state_dict: dict[str, np.ndarray], key: str, axis: int, default: in
     return value.shape[axis] if value is not None and value.ndim > axis else default
 
 
-def _timm_table(state_dict: dict[str, np.ndarray], name: str) -> tuple[_Table, list]:
+def _timm_table(state_dict: dict[str, np.ndarray], name: str) -> tuple[MultiTable, list]:
     v = variant(name)
     d, m = v.width, v.mlp_dim
     patch = "patch_embed.proj.weight"
     p, c = _leading(state_dict, patch, 2, v.patch), _leading(state_dict, patch, 1, 3)
-    table: _Table = {}
+    table: MultiTable = {}
     problems = _posemb_entries(table, state_dict, "pos_embed", "cls_token", True, d)
     bb = ("params", "backbone")
     table[(*bb, "embed", "patch", "kernel")] = ((patch,), ((d, c, p, p),), oihw_to_hwio)
@@ -168,12 +170,12 @@ def _unscan(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _big_vision_table(state_dict: dict[str, np.ndarray], name: str) -> tuple[_Table, list]:
+def _big_vision_table(state_dict: dict[str, np.ndarray], name: str) -> tuple[MultiTable, list]:
     v = variant(name)
     d, m, heads = v.width, v.mlp_dim, v.num_heads
     p = _leading(state_dict, "embedding/kernel", 0, v.patch)
     c = _leading(state_dict, "embedding/kernel", 2, 3)
-    table: _Table = {}
+    table: MultiTable = {}
     if "pos_embedding" in state_dict:  # big_vision: added before the class token, no slot
         problems = _posemb_entries(table, state_dict, "pos_embedding", "cls", False, d)
     else:
@@ -228,40 +230,16 @@ def _big_vision_table(state_dict: dict[str, np.ndarray], name: str) -> tuple[_Ta
 
 
 def _apply(
-    table: _Table, problems: list[tuple[str, str]], state_dict: dict, name: str, layout: str
+    table: MultiTable, problems: list[tuple[str, str]], state_dict: dict, name: str, layout: str
 ) -> dict:
-    """Checks `state_dict` against `table` (every offending key at once), then maps it."""
-    expected = {
-        key: shape
-        for keys, shapes, _ in table.values()
-        for key, shape in zip(keys, shapes, strict=True)
-    }
-    known = set(expected) | {key for key, _ in problems}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in known]
-    misshapen = [
-        f"{k}: expected {shape}, got {tuple(state_dict[k].shape)}"
-        for k, shape in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != shape
-    ]
-    if missing or unexpected or misshapen or problems:
-        kinds = [
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", misshapen),
-            ("position embedding", [problem for _, problem in problems]),
-        ]
-        lines = [f"  {kind}: {k}" for kind, keys in kinds for k in keys]
-        raise ValueError(f"{layout} checkpoint does not match {name}:\n" + "\n".join(lines))
-
-    tree: dict = {}
-    for path, (keys, _shapes, make) in table.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        value = make(*(state_dict[k] for k in keys))
-        node[path[-1]] = np.ascontiguousarray(value, dtype=np.float32)
-    return tree
+    """`key_table.build`, with the position-embedding `problems` (key, reason) reported too."""
+    return build(
+        state_dict,
+        table,
+        f"{layout} checkpoint does not match {name}",
+        optional={key for key, _ in problems},
+        problems=[("position embedding", reason) for _, reason in problems],
+    )
 
 
 def from_timm(state_dict: dict[str, np.ndarray], name: str) -> dict:
