@@ -105,6 +105,19 @@ def test_ambiguous_class_token_slot_is_an_error():
     assert "cls_token" in str(e.value)
 
 
+def test_load_errors_name_the_file_and_the_keys(tmp_path):
+    shapes = timm_shapes(S16) | {"pos_embed": (1, 256, 384)}
+    path = _write(_fake(shapes), tmp_path / "ambiguous.npz")
+    with pytest.raises(ValueError) as e:
+        pretrained.load(str(path), "vit_s16")
+    first, problem = str(e.value).splitlines()
+    assert (
+        first == f"{path}: timm checkpoint does not match vit_s16 (0 missing, 0 unexpected, "
+        "0 wrong shape, 1 position embedding):"
+    )
+    assert problem.startswith("  position embedding: pos_embed (1, 256, 384) is ambiguous")
+
+
 def test_non_square_grid_is_an_error():
     shapes = npz_shapes(S16, "big_vision") | {"params/pos_embedding": (1, 14 * 15, 384)}
     with pytest.raises(ValueError, match=r"pos_embedding \(1, 210, 384\).*square grid"):
