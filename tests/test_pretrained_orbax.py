@@ -98,9 +98,24 @@ def test_unknown_subtree_lists_what_there_is(run):
 def test_tree_of_another_model_is_an_error_naming_the_paths(run):
     workdir, _ = run
     with pytest.raises(
-        ValueError, match=r"is not resnet18 .*\n  missing: batch_stats/backbone/stage1"
+        ValueError,
+        match=r"is not resnet18 .*\n  unexpected: params/backbone/stage1/block1/depthwise",
     ):
         load(workdir, model="resnet18")
+
+
+def test_tree_lacking_leaves_loads_and_graft_names_them(run, tmp_path):
+    """A model option may drop leaves (ViT's pool='gap' has no cls_token): not a misfit."""
+    _, trained = run
+    partial = {k: dict(v) for k, v in trained.items()}
+    partial["params"]["backbone"] = dict(partial["params"]["backbone"])
+    del partial["params"]["backbone"]["top"]
+    save_run(tmp_path, 1, partial)
+    loaded = load(str(tmp_path), model=MODEL)
+    with pytest.raises(
+        GraftError, match=r"missing from the checkpoint \(3\):\n  params/backbone/top"
+    ):
+        graft(_init(0), loaded)
 
 
 def test_directory_without_checkpoints_names_it(tmp_path):

@@ -104,7 +104,8 @@ def load(name_or_path: str, model: str | None = None) -> dict:
     workdir or checkpoint step directory, or the path of a weights file, optionally followed by
     `:subtree` (a parameter path such as `backbone`) to load only that part. A file in a foreign
     layout needs `model` (a key of `KEY_MAPS`) to say how to map its keys; a native tree (a run,
-    an export) needs none, and if `model` is given it must be that model's tree.
+    an export) needs none, and if `model` is given it may lack leaves (`graft` reports those)
+    but must have none that `model` lacks or shapes differently.
     """
     source, subtree = split_subtree(name_or_path)
     tree = _load_whole(source, model)
@@ -129,7 +130,7 @@ def _load_whole(name_or_path: str, model: str | None) -> dict:
     flat = read(path)
     if native.is_native(flat):
         tree = native.unflatten(flat)
-        problems = native.misfits(tree, model) if model is not None else []
+        problems = native.misfits(tree, model, complete=False) if model is not None else []
         if problems:
             raise ValueError(
                 f"{path} holds a jtransfer tree that is not {model} ({len(problems)} paths):\n  "

@@ -8,9 +8,10 @@ an export needs no side metadata and loads back without a key map.
 
 Two operations live here because they need the layout and nothing else: `subtree` (the
 `path:subtree` suffix of `pretrained.load`) and `misfits` (does a native tree belong to a given
-model). `misfits` compares with the model's abstract variables (`jax.eval_shape`, no compute):
-same paths, same shapes, except the head (a new task re-initialises it) and leaves a resampling
-rule covers (their final check is `graft`'s, against the real input size).
+model). `misfits` compares with the model's abstract variables (`jax.eval_shape`, no compute),
+built with default options: same paths, same shapes, except the head (a new task re-initialises
+it) and leaves a resampling rule covers (their final check is `graft`'s, against the real input
+size and the model's options).
 """
 
 from __future__ import annotations
@@ -89,11 +90,16 @@ def _resampled(key: str) -> bool:
     return any(re.fullmatch(pattern, _param_path(key)) for pattern, _ in RULES)
 
 
-def misfits(tree: Mapping, model: str) -> list[str]:
-    """Why the native `tree` is not a `model` tree: one line per offending path; [] if it is."""
+def misfits(tree: Mapping, model: str, complete: bool = True) -> list[str]:
+    """Why the native `tree` is not a `model` tree: one line per offending path; [] if it is.
+
+    With `complete=False` a leaf the tree lacks is no misfit, only a leaf it has that `model`
+    lacks or shapes differently: part of a tree (a subtree, a run of a model option that drops
+    a leaf, like ViT's `pool='gap'`) still belongs to the model, and `graft` names what it lacks.
+    """
     body = lambda flat: {k: np.shape(v) for k, v in flat.items() if not _in_head(k)}  # noqa: E731
     ours, theirs = body(flatten(tree)), body(flatten(abstract_variables(model, 1)))
-    problems = [f"missing: {k}" for k in theirs if k not in ours]
+    problems = [f"missing: {k}" for k in theirs if k not in ours] if complete else []
     problems += [f"unexpected: {k}" for k in ours if k not in theirs]
     problems += [
         f"wrong shape: {k}: {ours[k]}, {model} has {theirs[k]}"
