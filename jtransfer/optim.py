@@ -1,17 +1,28 @@
 """The optimizer, built from the config and the parameter policy.
 
-Shape: `chain(masked(clip_by_global_norm, trainable), partition({label: transform}, labels))`.
-Each trainable policy rule gets its own group (the base optimizer, decoupled weight decay times
-the rule's `wd_mult`, the learning-rate schedule times its `lr_mult`); frozen leaves get
-`set_to_zero`, which holds no optimizer state. Clipping is masked to the trainable leaves so the
-global norm never reads a frozen gradient (invariant 2 of DESIGN.md).
+Shape: `chain(masked(clip_by_global_norm, trainable), partition({label: group}, labels),
+scale_by_learning_rate(schedule))`. Each trainable policy rule is one group: the base optimizer,
+weight decay times the rule's `wd_mult`, then its `lr_mult`; frozen leaves get `set_to_zero`,
+which holds no optimizer state. Clipping is masked to the trainable leaves so the global norm
+never reads a frozen gradient (invariant 2 of DESIGN.md).
+
+The schedule sits outside the partition, so its step count is the run's step even for a group
+that starts training late (gradual unfreezing); a group's own state (momentum, Adam moments and
+their count) starts fresh when it starts. `carry_over` moves the state of one phase's optimizer
+into the next phase's: every group that trained before keeps its state untouched.
+
+Weight decay pulls toward zero (decoupled, as AdamW) or, as L2-SP (Li et al. 2018), toward the
+value each weight had when its group started training: the pretrained weights, or the
+initialisation for a new head. optax has no L2-SP, hence `decay_toward_start`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from jtransfer.policy import FROZEN_LABEL, Policy
@@ -24,6 +35,7 @@ OPTIMIZERS = {
 }
 
 DECAYS = ("cosine", "linear", "constant")
+DECAY_TARGETS = ("zero", "start")  # "start": L2-SP
 
 
 def build_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "cosine"):
@@ -45,6 +57,27 @@ def build_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: st
     )
 
 
+class DecayTowardStartState(NamedTuple):
+    start: Any  # the parameters when the transform was initialised
+
+
+def decay_toward_start(weight_decay: float) -> optax.GradientTransformation:
+    """L2-SP: add `weight_decay * (params - params_at_init)` to the updates."""
+
+    def init_fn(params):
+        return DecayTowardStartState(jax.tree.map(lambda p: jnp.array(p, copy=True), params))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("decay_toward_start needs the parameters")
+        updates = jax.tree.map(
+            lambda g, p, s: g + weight_decay * (p - s), updates, params, state.start
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def build_optimizer(
     optim: Mapping[str, Any],
     schedule: optax.Schedule,
@@ -52,23 +85,43 @@ def build_optimizer(
     params: Any,
     weight_decay: float = 0.0,
     grad_clip_norm: float | None = None,
+    *,
+    step: int = 0,
+    decay_toward: str = "zero",
 ) -> optax.GradientTransformation:
-    """`optim` holds `name` (one of OPTIMIZERS) and that optimizer's hyper-parameters."""
+    """The optimizer of the phase that contains `step`.
+
+    `optim` holds `name` (one of OPTIMIZERS) and that optimizer's hyper-parameters.
+    """
     name = optim.get("name")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
-    transforms = {FROZEN_LABEL: optax.set_to_zero()}
-    for label, rule in policy.trainable_rules().items():
+    if decay_toward not in DECAY_TARGETS:
+        raise ValueError(f"unknown decay_toward {decay_toward!r}; valid: {list(DECAY_TARGETS)}")
+    decay = optax.add_decayed_weights if decay_toward == "zero" else decay_toward_start
+    groups = {FROZEN_LABEL: optax.set_to_zero()}
+    for label, rule in policy.trainable_rules(step).items():
         steps = [OPTIMIZERS[name](optim)]
         if weight_decay and rule.wd_mult:
-            steps.append(optax.add_decayed_weights(weight_decay * rule.wd_mult))
-        lr_mult = rule.lr_mult
-        steps.append(optax.scale_by_learning_rate(lambda s, m=lr_mult: schedule(s) * m))
-        transforms[label] = optax.chain(*steps)
-    tx = optax.partition(transforms, policy.labels(params))
-    if grad_clip_norm:
-        clip = optax.masked(
-            optax.clip_by_global_norm(grad_clip_norm), policy.trainable_mask(params)
-        )
-        tx = optax.chain(clip, tx)
-    return tx
+            steps.append(decay(weight_decay * rule.wd_mult))
+        if rule.lr_mult != 1:
+            steps.append(optax.scale(rule.lr_mult))
+        groups[label] = optax.chain(*steps)
+    mask = policy.trainable_mask(params, step)
+    clip = optax.clip_by_global_norm(grad_clip_norm) if grad_clip_norm else optax.identity()
+    return optax.chain(
+        optax.masked(clip, mask),
+        optax.partition(groups, policy.labels(params, step)),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
+def carry_over(old_state: Any, new_state: Any) -> Any:
+    """The state for the next phase: `new_state` (a fresh `init`) with every group that exists
+    in `old_state` replaced by its old state, and the schedule's step count kept."""
+    clip, partition, schedule = new_state
+    inner = dict(partition.inner_states)
+    for label, state in old_state[1].inner_states.items():
+        if label != FROZEN_LABEL:
+            inner[label] = state
+    return (clip, optax.PartitionState(inner), old_state[2])

@@ -8,6 +8,16 @@ this one object: optimizer labels (`labels`), the trainable mask that the train 
 differentiates (`trainable_mask`, `split`/`merge`), weight-decay and learning-rate multipliers,
 and the startup table (`report`).
 
+A trainable rule may start at a later step (`start_step`): before it, its parameters are frozen.
+That one field expresses gradual unfreezing and LP-FT; the run is cut into *phases* at the
+distinct start steps, each with its own static mask (`trainable_mask(params, step)`). A rule
+never stops training once started, so the optimizer groups of one phase are a subset of the
+next phase's, which is what lets their state carry over unchanged (see `optim.carry_over`).
+
+`NormEval` is the BatchNorm policy, kept apart from the parameter policy (DESIGN.md invariant 3):
+regexes over BatchNorm module paths whose layers normalise with, and keep, their running
+statistics, each optionally only until a step.
+
 Full matching (as big_vision's `make_mask_trees`) is deliberate: `stage1` must not also
 match `stage10`.
 """
@@ -38,21 +48,34 @@ class Rule:
     trainable: bool = True
     lr_mult: float = 1.0
     wd_mult: float = 1.0
+    start_step: int = 0  # frozen before this step, trained from it on
 
     def __post_init__(self):
-        for name in ("lr_mult", "wd_mult"):
+        for name in ("lr_mult", "wd_mult", "start_step"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if int(self.start_step) != self.start_step:
+            raise PolicyError(f"start_step must be a whole step, got {self.start_step}")
+        if not self.trainable and self.start_step:
+            raise PolicyError("a frozen rule has no start_step; give it to a trainable rule")
+
+    def active(self, step: int) -> bool:
+        """Whether the rule's parameters train at `step`."""
+        return self.trainable and self.start_step <= step
 
     def describe(self) -> str:
         if not self.trainable:
             return "frozen"
         mults = [f"{k}={v:g}" for k, v in (("lr", self.lr_mult), ("wd", self.wd_mult)) if v != 1]
-        return "train" + (f" ({', '.join(mults)})" if mults else "")
+        start = f" from step {self.start_step}" if self.start_step else ""
+        return "train" + start + (f" ({', '.join(mults)})" if mults else "")
 
 
-def to_rule(spec: Any) -> Rule:
-    """`'frozen'`, `'train'`, a dict of `Rule` fields (`{'lr_mult': 0.1}`), or a `Rule`."""
+def to_rule(spec: Any, steps_per_epoch: int | None = None) -> Rule:
+    """`'frozen'`, `'train'`, a dict of `Rule` fields (`{'lr_mult': 0.1}`), or a `Rule`.
+
+    A dict may give `start_epoch` instead of `start_step`; `steps_per_epoch` converts it.
+    """
     if isinstance(spec, Rule):
         return spec
     if spec == "frozen":
@@ -60,14 +83,27 @@ def to_rule(spec: Any) -> Rule:
     if spec == "train":
         return Rule()
     if isinstance(spec, Mapping):
+        spec = dict(spec)
+        if "start_epoch" in spec:
+            spec["start_step"] = _epochs_to_steps(spec.pop("start_epoch"), steps_per_epoch)
         fields = {f.name for f in dataclasses.fields(Rule)}
         unknown = set(spec) - fields
         if unknown:
-            raise PolicyError(f"unknown rule fields {sorted(unknown)}; valid: {sorted(fields)}")
-        return Rule(**dict(spec))
+            raise PolicyError(
+                f"unknown rule fields {sorted(unknown)}; valid: {sorted(fields | {'start_epoch'})}"
+            )
+        return Rule(**spec)
     raise PolicyError(
         f"a rule is 'frozen', 'train' or a dict of {Rule.__name__} fields, got {spec!r}"
     )
+
+
+def _epochs_to_steps(epochs: float, steps_per_epoch: int | None) -> int:
+    if steps_per_epoch is None:
+        raise PolicyError(f"an epoch ({epochs}) needs steps_per_epoch to become a step")
+    if epochs < 0:
+        raise PolicyError(f"epochs must be >= 0, got {epochs}")
+    return int(round(epochs * steps_per_epoch))
 
 
 def flatten(tree: Mapping) -> dict[str, Any]:
@@ -75,12 +111,19 @@ def flatten(tree: Mapping) -> dict[str, Any]:
     return traverse_util.flatten_dict(tree, sep="/")
 
 
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """Inverse of `flatten`."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     rules: tuple[tuple[str, Rule], ...]
 
     @classmethod
-    def from_pairs(cls, pairs: Sequence[Sequence[Any]]) -> Policy:
+    def from_pairs(
+        cls, pairs: Sequence[Sequence[Any]], steps_per_epoch: int | None = None
+    ) -> Policy:
         rules = []
         for pair in pairs:
             if len(pair) != 2:
@@ -90,7 +133,7 @@ class Policy:
                 re.compile(pattern)
             except re.error as e:
                 raise PolicyError(f"bad policy regex {pattern!r}: {e}") from None
-            rules.append((pattern, to_rule(spec)))
+            rules.append((pattern, to_rule(spec, steps_per_epoch)))
         if not rules:
             raise PolicyError("the policy is empty; use [('.*', 'train')] to train everything")
         return cls(tuple(rules))
@@ -121,18 +164,23 @@ class Policy:
     def _map(self, params: Mapping, fn) -> Any:
         assigned = self.assign(params)
         flat = {path: fn(self.rules[i][1], i) for path, i in assigned.items()}
-        return traverse_util.unflatten_dict(flat, sep="/")
+        return unflatten(flat)
 
-    def labels(self, params: Mapping) -> Any:
-        """Optimizer labels: `'frozen'`, or `'rule<i>'` for the trainable rule that owns a leaf."""
-        return self._map(params, lambda r, i: f"rule{i}" if r.trainable else FROZEN_LABEL)
+    def phase_starts(self) -> list[int]:
+        """The steps at which the trainable set changes, from 0."""
+        return sorted({0} | {r.start_step for _, r in self.rules if r.trainable})
 
-    def trainable_mask(self, params: Mapping) -> Any:
-        return self._map(params, lambda r, i: r.trainable)
+    def labels(self, params: Mapping, step: int = 0) -> Any:
+        """Optimizer labels at `step`: `'rule<i>'` for a leaf of trainable rule i, else
+        `'frozen'`."""
+        return self._map(params, lambda r, i: f"rule{i}" if r.active(step) else FROZEN_LABEL)
 
-    def trainable_rules(self) -> dict[str, Rule]:
-        """Label → rule for every trainable rule (the groups the optimizer builds)."""
-        return {f"rule{i}": r for i, (_, r) in enumerate(self.rules) if r.trainable}
+    def trainable_mask(self, params: Mapping, step: int = 0) -> Any:
+        return self._map(params, lambda r, i: r.active(step))
+
+    def trainable_rules(self, step: int = 0) -> dict[str, Rule]:
+        """Label → rule for every rule that trains at `step` (the optimizer's groups)."""
+        return {f"rule{i}": r for i, (_, r) in enumerate(self.rules) if r.active(step)}
 
     def report(self, params: Mapping) -> str:
         """The startup table: each rule, how many leaves and parameters it decides."""
@@ -153,6 +201,7 @@ class Policy:
         lines.append(
             f"trainable {totals[True]:,} of {total:,} parameters "
             f"({100 * totals[True] / max(total, 1):.1f}%)"
+            + (" by the last phase" if len(self.phase_starts()) > 1 else "")
         )
         return "\n".join(lines)
 
@@ -178,3 +227,76 @@ def merge(first: Any, second: Any) -> Any:
     return jax.tree.map(
         lambda a, b: b if a is None else a, first, second, is_leaf=lambda x: x is None
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class NormEval:
+    """BatchNorm layers held in inference mode: `(regex, until_step or None)` entries.
+
+    A layer whose '/'-joined module path (`backbone/stage2/block1/expand/bn`) contains a match
+    (`re.search`) of an active entry normalises with its running statistics and keeps them; an
+    entry with `until_step` stops holding its layers from that step on.
+    """
+
+    entries: tuple[tuple[str, int | None], ...] = ()
+
+    @classmethod
+    def from_config(cls, spec: Any, steps_per_epoch: int | None = None) -> NormEval:
+        """`''`/`None` (none held), a regex (held for the whole run), or a list of regexes and
+        `(regex, until)` pairs, `until` a step or `{'until_step': n}` / `{'until_epoch': e}`."""
+        if not spec:
+            return cls()
+        if isinstance(spec, str):
+            spec = [spec]
+        entries = []
+        for entry in spec:
+            pattern, until = (entry, None) if isinstance(entry, str) else tuple(entry)
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise PolicyError(f"bad norm_eval regex {pattern!r}: {e}") from None
+            if isinstance(until, Mapping):
+                if set(until) == {"until_epoch"}:
+                    until = _epochs_to_steps(until["until_epoch"], steps_per_epoch)
+                elif set(until) == {"until_step"}:
+                    until = until["until_step"]
+                else:
+                    raise PolicyError(
+                        f"norm_eval {pattern!r}: give until_step or until_epoch, got {until}"
+                    )
+            if until is not None and (int(until) != until or until <= 0):
+                raise PolicyError(f"norm_eval {pattern!r}: until_step must be > 0, got {until}")
+            entries.append((pattern, None if until is None else int(until)))
+        return cls(tuple(entries))
+
+    def phase_starts(self) -> list[int]:
+        return sorted({0} | {u for _, u in self.entries if u is not None})
+
+    def regex(self, step: int = 0) -> str:
+        """One regex for the model's `norm_eval` field: the entries active at `step`."""
+        active = [p for p, u in self.entries if u is None or step < u]
+        return "|".join(f"(?:{p})" for p in active)
+
+    def check(self, batch_stats: Mapping) -> None:
+        """Every entry must name at least one BatchNorm layer (a module holding statistics)."""
+        layers = sorted({path.rsplit("/", 1)[0] for path in flatten(batch_stats)})
+        dead = [p for p, _ in self.entries if not any(re.search(p, layer) for layer in layers)]
+        if dead:
+            where = f"; its BatchNorm layers look like {layers[0]!r}" if layers else ""
+            raise PolicyError(
+                "norm_eval entries that name no BatchNorm layer: "
+                f"{dead}{where}" + ("" if layers else " (this model has no BatchNorm)")
+            )
+
+
+def select(tree: Mapping, mask: Any) -> dict:
+    """The leaves of `tree` where `mask` is True, as a nested dict without the others."""
+    flat_mask = flatten(mask)
+    return unflatten({p: x for p, x in flatten(tree).items() if flat_mask[p]})
+
+
+def overlay(tree: Mapping, part: Mapping) -> dict:
+    """`tree` with each leaf that `part` holds (same path) replaced by `part`'s."""
+    flat = flatten(tree)
+    flat.update(flatten(part))
+    return unflatten(flat)

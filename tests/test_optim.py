@@ -4,6 +4,7 @@ import numpy as np
 import optax
 import pytest
 
+from jtransfer import optim
 from jtransfer.optim import build_optimizer, build_schedule
 from jtransfer.policy import Policy
 
@@ -71,4 +72,69 @@ def test_unknown_optimizer_lists_valid():
             optax.constant_schedule(1.0),
             Policy.from_pairs([(".*", "train")]),
             PARAMS,
+        )
+
+
+GRADUAL = [("head/.*", "train"), ("backbone/w", {"start_step": 3}), (".*", "frozen")]
+
+
+def _gradual_tx(step, name="adamw", decay_toward="zero"):
+    return build_optimizer(
+        {"name": name},
+        optax.constant_schedule(0.1),
+        Policy.from_pairs(GRADUAL),
+        PARAMS,
+        1e-2,
+        1.0,
+        step=step,
+        decay_toward=decay_toward,
+    )
+
+
+def test_state_per_phase_holds_only_that_phases_trainable_leaves():
+    assert _state_size(_gradual_tx(0).init(PARAMS)) == 2 * 30
+    assert _state_size(_gradual_tx(3).init(PARAMS)) == 2 * (30 + 100)
+    # L2-SP keeps one starting copy of each trainable leaf
+    assert _state_size(_gradual_tx(3, "sgd", "start").init(PARAMS)) == 2 * (30 + 100)
+
+
+def test_carry_over_keeps_trained_groups_and_starts_new_ones_fresh():
+    tx0, tx1 = _gradual_tx(0), _gradual_tx(3)
+    state = tx0.init(PARAMS)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    for _ in range(3):
+        _, state = tx0.update(grads, state, PARAMS)
+    carried = optim.carry_over(state, tx1.init(PARAMS))
+    assert jax.tree.structure(carried) == jax.tree.structure(tx1.init(PARAMS))
+    head_state = carried[1].inner_states["rule0"]
+    old_head_state = state[1].inner_states["rule0"]
+    for new, old in zip(jax.tree.leaves(head_state), jax.tree.leaves(old_head_state), strict=True):
+        np.testing.assert_array_equal(new, old)
+    adam = carried[1].inner_states["rule1"].inner_state[0]
+    assert int(adam.count) == 0 and not np.any(adam.mu["backbone"]["w"])
+    assert int(carried[2].count) == 3  # the schedule keeps the run's step
+    updates, _ = tx1.update(grads, carried, PARAMS)
+    assert np.all(updates["backbone"]["w"] != 0) and not np.any(updates["backbone"]["b"])
+
+
+def test_l2sp_pulls_toward_the_starting_weights():
+    policy = Policy.from_pairs([(".*", "train")])
+    tx = build_optimizer(
+        {"name": "sgd", "momentum": 0.0},
+        optax.constant_schedule(1.0),
+        policy,
+        PARAMS,
+        0.5,
+        decay_toward="start",
+    )
+    state = tx.init(PARAMS)
+    zero = jax.tree.map(jnp.zeros_like, PARAMS)
+    moved = jax.tree.map(lambda p: p + 2.0, PARAMS)
+    updates, _ = tx.update(zero, state, PARAMS)
+    assert not any(np.any(u) for u in jax.tree.leaves(updates))  # at the start: no pull
+    updates, _ = tx.update(zero, state, moved)
+    np.testing.assert_allclose(updates["head"]["w"], -1.0)  # -lr * 0.5 * (p - p0)
+    with pytest.raises(ValueError, match="unknown decay_toward 'one'"):
+        build_optimizer(
+            {"name": "sgd"}, optax.constant_schedule(1.0), policy, PARAMS, 0.5, decay_toward="one"
         )

@@ -1,9 +1,10 @@
 import logging
+import re
 
 import numpy as np
 import pytest
 
-from jtransfer.policy import Policy, PolicyError, Rule, merge, split
+from jtransfer.policy import NormEval, Policy, PolicyError, Rule, merge, overlay, select, split
 
 PARAMS = {
     "backbone": {
@@ -84,3 +85,78 @@ def test_split_merge_roundtrip():
 
 def test_rule_describe():
     assert Rule(lr_mult=0.1).describe() == "train (lr=0.1)"
+
+
+def test_late_rules_cut_the_run_into_phases():
+    policy = Policy.from_pairs(
+        [
+            ("head/.*", "train"),
+            ("backbone/stage10/.*", {"start_step": 5}),
+            ("backbone/stage1/.*", {"start_epoch": 2}),
+            (".*", "frozen"),
+        ],
+        steps_per_epoch=4,
+    )
+    assert policy.phase_starts() == [0, 5, 8]
+    mask = lambda step: policy.trainable_mask(PARAMS, step)  # noqa: E731
+    assert not mask(4)["backbone"]["stage10"]["block1"]["conv"]["kernel"]
+    assert mask(5)["backbone"]["stage10"]["block1"]["conv"]["kernel"]
+    assert not mask(7)["backbone"]["stage1"]["block1"]["conv"]["kernel"]
+    assert mask(8)["backbone"]["stage1"]["block1"]["conv"]["kernel"]
+    assert not mask(100)["backbone"]["stem"]["conv"]["kernel"]
+    assert set(policy.trainable_rules(0)) == {"rule0"}
+    assert set(policy.trainable_rules(5)) == {"rule0", "rule1"}
+    assert policy.labels(PARAMS, 4)["backbone"]["stage10"]["block1"]["conv"]["kernel"] == "frozen"
+    assert policy.labels(PARAMS, 5)["backbone"]["stage10"]["block1"]["conv"]["kernel"] == "rule1"
+    assert "train from step 5" in policy.report(PARAMS)
+
+
+def test_bad_phase_rules():
+    with pytest.raises(PolicyError, match="start_step must be >= 0"):
+        Policy.from_pairs([(".*", {"start_step": -1})])
+    with pytest.raises(PolicyError, match="needs steps_per_epoch"):
+        Policy.from_pairs([(".*", {"start_epoch": 1})])
+    with pytest.raises(PolicyError, match="frozen rule has no start_step"):
+        Policy.from_pairs([(".*", {"trainable": False, "start_step": 3})])
+
+
+BATCH_STATS = {
+    "backbone": {
+        "stem": {"bn": {"mean": np.zeros(8), "var": np.ones(8)}},
+        "stage1": {"block1": {"bn": {"mean": np.zeros(8), "var": np.ones(8)}}},
+    }
+}
+
+
+def test_norm_eval_entries_and_their_phases():
+    norm = NormEval.from_config(
+        ["backbone/stem", ("backbone/stage1", {"until_epoch": 1}), ("x", 7)], steps_per_epoch=3
+    )
+    assert norm.entries == (("backbone/stem", None), ("backbone/stage1", 3), ("x", 7))
+    assert norm.phase_starts() == [0, 3, 7]
+    assert re.search(norm.regex(2), "backbone/stage1/block1/bn")
+    assert not re.search(norm.regex(3), "backbone/stage1/block1/bn")
+    assert re.search(norm.regex(3), "backbone/stem/bn")
+    assert NormEval.from_config("backbone/.*").entries == (("backbone/.*", None),)
+    assert NormEval.from_config("").regex() == ""
+
+
+def test_norm_eval_naming_no_batch_norm_is_an_error():
+    NormEval.from_config("backbone/stage1").check(BATCH_STATS)
+    with pytest.raises(PolicyError, match=r"name no BatchNorm layer: \['backbone/stage9'\]"):
+        NormEval.from_config(["backbone/stem", "backbone/stage9"]).check(BATCH_STATS)
+    with pytest.raises(PolicyError, match="this model has no BatchNorm"):
+        NormEval.from_config("backbone/.*").check({})
+    with pytest.raises(PolicyError, match="until_step must be > 0"):
+        NormEval.from_config([("backbone/stem", 0)])
+    with pytest.raises(PolicyError, match="bad norm_eval regex"):
+        NormEval.from_config("(")
+
+
+def test_select_and_overlay():
+    mask = Policy.from_pairs([("head/.*", "train"), (".*", "frozen")]).trainable_mask(PARAMS)
+    head = select(PARAMS, mask)
+    assert list(head) == ["head"] and set(head["head"]["dense"]) == {"kernel", "bias"}
+    new = overlay(PARAMS, {"head": {"dense": {"bias": np.ones(2)}}})
+    assert new["head"]["dense"]["bias"].tolist() == [1, 1]
+    assert new["backbone"]["stem"]["conv"]["kernel"] is PARAMS["backbone"]["stem"]["conv"]["kernel"]

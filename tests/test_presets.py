@@ -1,7 +1,7 @@
 import pytest
 
 from jtransfer.policy import Policy
-from jtransfer.presets import freeze
+from jtransfer.presets import bitfit, freeze, gradual_unfreezing, layerwise_lr_decay, lp_ft
 
 PATHS = {
     "backbone": {
@@ -36,3 +36,64 @@ def test_bad_presets():
         freeze("some", "resnet50")
     with pytest.raises(ValueError, match="stages 0..7 to freeze, got 8"):
         freeze(8, "efficientnet_lite0")
+
+
+def test_gradual_unfreezing_goes_top_down_with_batch_norm_following():
+    pairs, norm_eval = gradual_unfreezing("efficientnet_lite0", [1, 2])
+    assert pairs == [
+        ("head/.*", "train"),
+        ("backbone/top/.*", {"start_epoch": 1}),
+        ("backbone/stage7/.*", {"start_epoch": 2}),
+        (".*", "frozen"),
+    ]
+    assert norm_eval[:2] == [
+        ("backbone/top(/.*)?", {"until_epoch": 1}),
+        ("backbone/stage7(/.*)?", {"until_epoch": 2}),
+    ]
+    assert norm_eval[2] == "backbone/(stage6|stage5|stage4|stage3|stage2|stage1|stem)(/.*)?"
+    policy = Policy.from_pairs(pairs, steps_per_epoch=10)
+    assert policy.phase_starts() == [0, 10, 20]
+    # every subtree unfrozen: no catch-all frozen rule left to match nothing
+    pairs, norm_eval = gradual_unfreezing("vit_ti16", range(1, 15))
+    assert pairs[-1] == ("backbone/embed/.*", {"start_epoch": 14}) and norm_eval == []
+
+
+def test_bad_unfreezing_schedules():
+    with pytest.raises(ValueError, match=r"positive and increasing, got \[2, 1\]"):
+        gradual_unfreezing("resnet50", [2, 1])
+    with pytest.raises(ValueError, match="positive and increasing"):
+        gradual_unfreezing("resnet50", [0, 1])
+    with pytest.raises(ValueError, match="5 subtrees to unfreeze, got 6"):
+        gradual_unfreezing("resnet50", [1, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError, match="must start after epoch 0"):
+        lp_ft("resnet50", 0)
+
+
+def test_lp_ft_is_a_probe_then_everything():
+    pairs, norm_eval = lp_ft("resnet50", 2.5)
+    assert pairs == [("head/.*", "train"), (".*", {"start_epoch": 2.5})]
+    assert norm_eval == [("backbone/.*", {"until_epoch": 2.5})]
+    assert lp_ft("vit_s16", 1)[1] == []
+
+
+def test_layerwise_lr_decay_counts_blocks_from_the_top():
+    pairs = layerwise_lr_decay("vit_ti16", 0.5)
+    mults = {p: r["lr_mult"] for p, r in pairs[1:]}
+    assert mults["backbone/norm/.*"] == 0.5
+    assert mults["backbone/block12/.*"] == 0.25
+    assert mults["backbone/embed/.*"] == 0.5**14
+    with pytest.raises(ValueError, match=r"in \(0, 1\], got 1.5"):
+        layerwise_lr_decay("vit_ti16", 1.5)
+
+
+def test_bitfit_trains_biases_and_optionally_scales():
+    params = {
+        "backbone": {"block1": {"conv": {"kernel": 0, "bias": 0}, "norm": {"scale": 0, "bias": 0}}},
+        "head": {"dense": {"kernel": 0, "bias": 0}},
+    }
+    mask = Policy.from_pairs(bitfit("vit_ti16")).trainable_mask(params)
+    assert mask["backbone"]["block1"]["conv"]["bias"] and mask["backbone"]["block1"]["norm"]["bias"]
+    assert not mask["backbone"]["block1"]["norm"]["scale"]
+    assert not mask["backbone"]["block1"]["conv"]["kernel"] and mask["head"]["dense"]["kernel"]
+    mask = Policy.from_pairs(bitfit("vit_ti16", norm_scales=True)).trainable_mask(params)
+    assert mask["backbone"]["block1"]["norm"]["scale"]
