@@ -8,16 +8,29 @@ latest one: the input order is a pure function of (seed, step), so nothing else 
 The train step differentiates only the trainable partition of the parameters (the policy's
 mask), so XLA drops the backward pass below the lowest trainable layer; frozen leaves are passed
 through untouched, which keeps them bit-identical.
+
+A run is cut into *phases* where a policy rule starts training or a BatchNorm layer leaves
+inference mode (gradual unfreezing, LP-FT). Each phase compiles its own step with a static mask;
+at a boundary the optimizer state of the groups that already trained carries over
+(`optim.carry_over`). The state always has the structure of the phase of its step, and records
+that phase, so a checkpoint taken anywhere resumes exactly.
+
+Around the step, optional strategies read the same state: an exponential moving average of the
+trainable weights (`ema_decay`), evaluated beside the raw weights; WiSE-FT interpolation between
+the starting and the final weights (`wise_ft_alphas`), evaluated at the end; and the cached-feature
+linear probe (`cache_features`), which runs the frozen backbone once over each split and trains
+the head on its features (see `feature_cache`).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +38,33 @@ import ml_collections
 import numpy as np
 import optax
 
-from jtransfer import checkpoint, data, graft, metrics, models, optim, pretrained, sharding
-from jtransfer.policy import Policy, merge, split
+from jtransfer import (
+    checkpoint,
+    data,
+    feature_cache,
+    graft,
+    metrics,
+    models,
+    optim,
+    pretrained,
+    sharding,
+)
+from jtransfer.evaluators.fewshot import FewShotEvaluator
+from jtransfer.policy import (
+    NormEval,
+    Policy,
+    PolicyError,
+    flatten,
+    merge,
+    overlay,
+    select,
+    split,
+    unflatten,
+)
 
 log = logging.getLogger(__name__)
 
-State = dict[str, Any]  # step, params, batch_stats, opt_state, rng
+State = dict[str, Any]  # step, phase, params, batch_stats, opt_state, rng[, ema_params]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
@@ -38,10 +72,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def _apply_head(module, features, *, train):
+    return module.head(features, train=train)
+
+
 def make_train_step(
-    model, tx: optax.GradientTransformation, trainable_mask: Any, label_smoothing: float = 0.0
+    model,
+    tx: optax.GradientTransformation,
+    trainable_mask: Any,
+    label_smoothing: float = 0.0,
+    *,
+    ema_decay: float = 0.0,
+    on_features: bool = False,
 ) -> Callable[[State, dict], tuple[State, dict]]:
-    """`step(state, batch) -> (state, metrics)`; jit it with the shardings of the caller."""
+    """`step(state, batch) -> (state, metrics)`; jit it with the shardings of the caller.
+
+    `on_features`: `batch['image']` holds backbone features and only the head runs.
+    `ema_decay` > 0: `state['ema_params']` (the trainable leaves) follows the new parameters.
+    """
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
@@ -49,15 +97,22 @@ def make_train_step(
 
         def loss_fn(trainable):
             variables = {"params": merge(trainable, frozen), "batch_stats": state["batch_stats"]}
-            logits, updates = model.apply(
-                variables,
-                batch["image"],
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": rng},
-            )
+            if on_features:
+                logits = model.apply(
+                    variables, batch["image"], train=True, rngs={"dropout": rng}, method=_apply_head
+                )
+                batch_stats = state["batch_stats"]
+            else:
+                logits, updates = model.apply(
+                    variables,
+                    batch["image"],
+                    train=True,
+                    mutable=["batch_stats"],
+                    rngs={"dropout": rng},
+                )
+                batch_stats = updates.get("batch_stats", {})
             loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-            return loss, (logits, updates.get("batch_stats", {}))
+            return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         # Frozen leaves get constant zero gradients: the optimizer's `set_to_zero` ignores them
@@ -65,13 +120,20 @@ def make_train_step(
         full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
         updates, opt_state = tx.update(full_grads, state["opt_state"], state["params"])
         new_trainable = optax.apply_updates(trainable, split(updates, trainable_mask)[0])
+        new_params = merge(new_trainable, frozen)
         new_state = {
             **state,
             "step": state["step"] + 1,
-            "params": merge(new_trainable, frozen),
+            "params": new_params,
             "batch_stats": batch_stats,
             "opt_state": opt_state,
         }
+        if ema_decay:
+            new_state["ema_params"] = jax.tree.map(
+                lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                state["ema_params"],
+                select(new_params, trainable_mask),
+            )
         step_metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
@@ -82,12 +144,16 @@ def make_train_step(
     return step
 
 
-def make_eval_step(model) -> Callable[[State, dict], dict]:
-    """Sums (not means) over the real examples of a padded batch: `mask` marks them."""
+def make_eval_step(model, *, on_features: bool = False) -> Callable[[dict, dict], dict]:
+    """Sums (not means) over the real examples of a padded batch: `mask` marks them.
 
-    def step(state: State, batch: dict) -> dict:
-        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-        logits = model.apply(variables, batch["image"], train=False)
+    The first argument needs only `params` and `batch_stats` (a train state will do).
+    """
+
+    def step(variables: dict, batch: dict) -> dict:
+        variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        method = _apply_head if on_features else None
+        logits = model.apply(variables, batch["image"], train=False, method=method)
         mask = batch["mask"].astype(jnp.float32)
         return {
             "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -98,10 +164,10 @@ def make_eval_step(model) -> Callable[[State, dict], dict]:
     return step
 
 
-def evaluate(eval_step: Callable, state: State, batches: Iterable[dict], mesh) -> dict[str, float]:
+def evaluate(eval_step: Callable, variables: dict, batches: Iterable[dict], mesh) -> dict:
     totals = None
     for batch in batches:
-        out = eval_step(state, sharding.global_batch(batch, mesh))
+        out = eval_step(variables, sharding.global_batch(batch, mesh))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     count = float(totals["count"])
@@ -126,17 +192,36 @@ def _write_json(workdir: str, name: str, obj: Any) -> None:
             json.dump(obj, f, indent=2)
 
 
-def initial_variables(model, config, image_shape: tuple[int, ...], workdir: str) -> dict:
-    """Freshly initialised variables with the pretrained checkpoint grafted in."""
+def initial_variables(
+    model, config, image_shape: tuple[int, ...], workdir: str
+) -> tuple[dict, dict]:
+    """Freshly initialised variables with the pretrained checkpoint grafted in, and the graft
+    manifest (everything re-initialised when there is no pretrained source).
+
+    Only the leaves the checkpoint does not provide are computed: jitting the whole `init` costs
+    XLA seconds of compiling random initialisers for weights that are then overwritten, while a
+    function returning only the new head's leaves compiles to just those (and gives them the
+    same values, since Flax derives each module's RNG from its path).
+    """
     rng = jax.random.PRNGKey(config.seed)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, dummy, train=False))(rng)
-    variables = jax.device_get(variables)
+
+    def init(rng):
+        return model.init({"params": rng, "dropout": rng}, dummy, train=False)
+
     source = config.pretrained.get("source")
     if not source:
-        return variables
+        variables = jax.device_get(jax.jit(init)(rng))
+        paths = sorted(flatten(variables))
+        return variables, {"loaded": [], "reinitialized": paths, "ignored": [], "resampled": []}
     loaded = pretrained.load(source, model=config.model.name)
-    variables, manifest = graft.graft(variables, loaded, config.pretrained.get("dont_load", ()))
+    variables, manifest = graft.graft(
+        jax.eval_shape(init, rng), loaded, config.pretrained.get("dont_load", ())
+    )
+    fresh = manifest["reinitialized"]
+    if fresh:
+        values = jax.jit(lambda r: {p: flatten(init(r))[p] for p in fresh})(rng)
+        variables = overlay(variables, unflatten(jax.device_get(values)))
     _write_json(workdir, "graft_manifest.json", {"source": source, **manifest})
     log.info(
         "grafted %s: %d loaded, %d re-initialised, %d ignored",
@@ -145,110 +230,235 @@ def initial_variables(model, config, image_shape: tuple[int, ...], workdir: str)
         len(manifest["reinitialized"]),
         len(manifest["ignored"]),
     )
-    return variables
+    return variables, manifest
 
 
-def build_model(config, num_classes: int):
+def build_model(config, num_classes: int, norm_eval: str = ""):
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    if config.get("norm_eval"):
-        if not models.has_batch_norm(config.model.name):
-            raise ValueError(
-                f"norm_eval={config.norm_eval!r} names BatchNorm layers, but "
-                f"{config.model.name} has none"
-            )
-        kwargs["norm_eval"] = config.norm_eval
+    if norm_eval:
+        kwargs["norm_eval"] = norm_eval
     return models.build_model(config.model.name, num_classes, **kwargs)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def wise_ft_start(start: dict, reinitialized: Iterable[str], final: dict) -> dict:
+    """θ₀ of WiSE-FT: the starting variables, except that what the run initialised afresh (the
+    new head) is taken from the final ones, so θ₀ = pretrained backbone with the run's head."""
+    out = {}
+    for collection, tree in final.items():
+        flat = flatten(tree)
+        prefix = collection + "/"
+        fresh = {
+            p[len(prefix) :]: flat[p[len(prefix) :]] for p in reinitialized if p.startswith(prefix)
+        }
+        out[collection] = overlay(start[collection], unflatten(fresh)) if flat else tree
+    return out
+
+
+def interpolate(start: dict, final: dict, alpha: float) -> dict:
+    """(1 - alpha) * start + alpha * final, leaf by leaf."""
+    return jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, start, final)
+
+
+def _check_strategies(config, policy: Policy, norm_eval: NormEval, total_steps: int) -> None:
+    """Errors for settings that cannot do what they say, before anything is computed."""
+    late = [
+        f"{p!r} (start_step {r.start_step})" for p, r in policy.rules if r.start_step >= total_steps
+    ]
+    late += [
+        f"norm_eval {p!r} (until_step {u})" for p, u in norm_eval.entries if u and u >= total_steps
+    ]
+    if late:
+        raise PolicyError(f"phases that begin after the run's last step {total_steps - 1}: {late}")
+    decay = config.get("ema_decay", 0.0)
+    if not 0 <= decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {decay}")
+    bad = [a for a in config.get("wise_ft_alphas", ()) if not 0 <= a <= 1]
+    if bad:
+        raise ValueError(f"wise_ft_alphas must lie in [0, 1], got {bad}")
+
+
+class _Phase(NamedTuple):
+    """One phase of the run: where it starts, its mask, optimizer and compiled train step."""
+
+    index: int
+    start: int
+    mask: Any
+    tx: optax.GradientTransformation
+    step: Callable[[State, dict], tuple[State, dict]]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     _write_json(workdir, "config.json", json.loads(config.to_json()))
     mesh = sharding.make_mesh()
+    replicated = sharding.replicated(mesh)
     sharding.check_batch_size(config.batch_size, mesh)
 
     source = data.build_source(config.data)
     num_train = source.num_examples(config.data.train_split)
     total_steps = _total_steps(config, num_train)
+    steps_per_epoch = max(num_train // config.batch_size, 1)
+    policy = Policy.from_pairs(config.policy, steps_per_epoch)
+    policy.warn_if_misleading()
+    norm_eval = NormEval.from_config(config.get("norm_eval"), steps_per_epoch)
+    _check_strategies(config, policy, norm_eval, total_steps)
+    phase_starts = sorted(set(policy.phase_starts()) | set(norm_eval.phase_starts()))
+    ema_decay = config.get("ema_decay", 0.0)
+    alphas = tuple(config.get("wise_ft_alphas", ()))
+    eval_batch_size = config.get("eval_batch_size") or config.batch_size
+
     ckpt = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 2)
     )
     start_step = ckpt.latest_step() or 0
-    train_iter = iter(
-        data.train_batches(
-            source,
-            config.data.train_split,
-            config.pp_train,
-            config.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-        )
-    )
-    first_batch = next(train_iter)
-
+    pp_train, pp_eval = config.pp_train, config.pp_eval
+    image_batches = data.eval_batches(source, config.data.train_split, pp_train, eval_batch_size)
+    image_shape = next(iter(image_batches))["image"].shape[1:]
     model = build_model(config, source.num_classes)
-    variables = initial_variables(model, config, first_batch["image"].shape[1:], workdir)
-    params = variables["params"]
-    policy = Policy.from_pairs(config.policy)
-    policy.warn_if_misleading()
+    variables, manifest = initial_variables(model, config, image_shape, workdir)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    norm_eval.check(batch_stats)
     if jax.process_index() == 0:
         print("parameter policy:\n" + policy.report(params), flush=True)
-    mask = policy.trainable_mask(params)
+
+    features = jax.jit(
+        lambda v, x: model.apply(v, x, train=False, method="features"), out_shardings=replicated
+    )
+    fewshot = None
+    if config.get("fewshot_shots"):
+        fewshot = FewShotEvaluator(
+            source,
+            config.data.train_split,
+            config.data.eval_split,
+            pp_eval,
+            eval_batch_size,
+            mesh,
+            shots=config.fewshot_shots,
+            seeds=config.get("fewshot_seeds", (0, 1, 2)),
+        )
+
+    start_time = time.perf_counter()
+    on_features = bool(config.get("cache_features"))
+    if on_features:
+        reasons = feature_cache.reasons_not_to_cache(
+            policy, norm_eval, params, batch_stats, pp_train
+        )
+        if reasons:
+            raise ValueError("cache_features=True, but " + "; ".join(reasons))
+        backbone_variables = jax.device_put(variables, replicated)
+        source = feature_cache.feature_source(
+            lambda x: features(backbone_variables, x),
+            source,
+            {config.data.train_split: pp_train, config.data.eval_split: pp_eval},
+            eval_batch_size,
+            mesh,
+        )
+        pp_train = pp_eval = ""
+        print(
+            f"cached backbone features of {config.data.train_split} and "
+            f"{config.data.eval_split} in {time.perf_counter() - start_time:.1f} s",
+            flush=True,
+        )
+
     schedule = optim.build_schedule(
         config.lr,
         total_steps,
         config.schedule.get("warmup_steps", 0),
         config.schedule.get("decay", "cosine"),
     )
-    tx = optim.build_optimizer(
-        config.optimizer,
-        schedule,
-        policy,
-        params,
-        config.get("weight_decay", 0.0),
-        config.get("grad_clip_norm"),
-    )
+    phases: dict[int, _Phase] = {}
 
-    replicated = sharding.replicated(mesh)
-    state = jax.device_put(
-        {
-            "step": np.int32(0),
-            "params": params,
-            "batch_stats": variables.get("batch_stats", {}),
-            "opt_state": tx.init(params),
-            "rng": jax.random.PRNGKey(config.seed + 1),
-        },
-        replicated,
-    )
+    def phase(index: int) -> _Phase:
+        if index not in phases:
+            start = phase_starts[index]
+            phase_model = build_model(config, source.num_classes, norm_eval.regex(start))
+            mask = policy.trainable_mask(params, start)
+            tx = optim.build_optimizer(
+                config.optimizer,
+                schedule,
+                policy,
+                params,
+                config.get("weight_decay", 0.0),
+                config.get("grad_clip_norm"),
+                step=start,
+                decay_toward=config.get("decay_toward", "zero"),
+            )
+            step_fn = jax.jit(
+                make_train_step(
+                    phase_model,
+                    tx,
+                    mask,
+                    config.get("label_smoothing", 0.0),
+                    ema_decay=ema_decay,
+                    on_features=on_features,
+                ),
+                out_shardings=(replicated, replicated),
+                donate_argnums=0,
+            )
+            phases[index] = _Phase(index, start, mask, tx, step_fn)
+        return phases[index]
+
+    def phase_of(step: int) -> int:
+        return bisect.bisect_right(phase_starts, step) - 1
+
+    current = phase(phase_of(start_step))
+    state = {
+        "step": np.int32(0),
+        "phase": np.int32(current.index),
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": current.tx.init(params),
+        "rng": jax.random.PRNGKey(config.seed + 1),
+    }
+    if ema_decay:
+        state["ema_params"] = select(params, current.mask)
+    state = jax.device_put(state, replicated)
     if start_step:
         state = ckpt.restore(start_step, state)
-        print(f"resumed from step {start_step} of {total_steps}", flush=True)
+        print(
+            f"resumed from step {start_step} of {total_steps} (phase {current.index})", flush=True
+        )
 
-    train_step = jax.jit(
-        make_train_step(model, tx, mask, config.get("label_smoothing", 0.0)),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
+    train_iter = iter(
+        data.train_batches(
+            source,
+            config.data.train_split,
+            pp_train,
+            config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+        )
     )
-    eval_step = jax.jit(make_eval_step(model), out_shardings=replicated)
-    eval_batches = data.eval_batches(
-        source,
-        config.data.eval_split,
-        config.pp_eval,
-        config.get("eval_batch_size") or config.batch_size,
-    )
+    eval_step = jax.jit(make_eval_step(model, on_features=on_features), out_shardings=replicated)
+    eval_batches = data.eval_batches(source, config.data.eval_split, pp_eval, eval_batch_size)
+
+    def evaluations(state) -> dict[str, dict[str, float]]:
+        results = {"eval": evaluate(eval_step, state, eval_batches, mesh)}
+        if ema_decay:
+            ema = {**state, "params": overlay(state["params"], state["ema_params"])}
+            results["eval_ema"] = evaluate(eval_step, ema, eval_batches, mesh)
+        if fewshot:
+            variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+            results["fewshot"] = fewshot.run(lambda images: features(variables, images))
+        return results
 
     writer = metrics.MetricWriter(workdir, total_steps)
     log_every, eval_every = config.get("log_every", 50), config.get("eval_every", 0)
     ckpt_every = config.get("checkpoint_every", 0)
-    batch = first_batch
     step = start_step
     print(f"training steps {step}..{total_steps}, global batch {config.batch_size}", flush=True)
     writer.start(step)
-    start_time = time.perf_counter()
     while step < total_steps:
-        state, step_metrics = train_step(state, sharding.global_batch(batch, mesh))
+        state, step_metrics = current.step(state, sharding.global_batch(next(train_iter), mesh))
         step += 1
-        if step < total_steps:
-            batch = next(train_iter)
+        if step < total_steps and phase_of(step) != current.index:
+            current = phase(phase_of(step))
+            state = _enter_phase(state, current, ema_decay, replicated)
+            trained = sum(x.size for x in jax.tree.leaves(select(params, current.mask)))
+            print(
+                f"step {step:>6}: phase {current.index} begins, training {trained:,} parameters",
+                flush=True,
+            )
         if step % log_every == 0 or step == total_steps:
             values = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
             values["train/lr"] = schedule(step - 1)
@@ -257,25 +467,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 values["train/img_per_sec"] = rate
             writer.write(step, values)
         if eval_every and step % eval_every == 0 and step < total_steps:
-            result = evaluate(eval_step, state, eval_batches, mesh)
-            writer.write(step, {f"eval/{k}": v for k, v in result.items()})
-            print(f"step {step:>6}: eval accuracy {result['accuracy']:.4f}", flush=True)
+            for name, result in evaluations(state).items():
+                writer.write(step, {f"{name}/{k}": v for k, v in result.items()})
+                print(f"step {step:>6}: {name} {_summary(result)}", flush=True)
         if ckpt_every and step % ckpt_every == 0 and step < total_steps:
             ckpt.save(step, state)
     train_seconds = time.perf_counter() - start_time
 
     if step > start_step or ckpt.latest_step() != total_steps:
         ckpt.save(total_steps, state)
-    result = evaluate(eval_step, state, eval_batches, mesh)
-    result["train_seconds"] = train_seconds
-    writer.write(total_steps, {f"eval/{k}": v for k, v in result.items()})
+    results = evaluations(state)
+    results["eval"]["train_seconds"] = train_seconds
+    if alphas:
+        final = jax.device_get({k: state[k] for k in ("params", "batch_stats")})
+        start = wise_ft_start(variables, manifest["reinitialized"], final)
+        for alpha in alphas:
+            mixed = jax.device_put(interpolate(start, final, alpha), replicated)
+            results[f"wise_ft_{alpha:g}"] = evaluate(eval_step, mixed, eval_batches, mesh)
+    for name, result in results.items():
+        writer.write(total_steps, {f"{name}/{k}": v for k, v in result.items()})
     writer.close()
     ckpt.close()
-    _write_json(workdir, "final_eval.json", {"step": total_steps, **result})
+    final = {"step": total_steps, **results.pop("eval"), **results}
+    _write_json(workdir, "final_eval.json", final)
     if jax.process_index() == 0:
         print(
-            f"final eval on {config.data.eval_split}: accuracy {result['accuracy']:.4f}, "
-            f"loss {result['loss']:.4f} ({int(result['count'])} examples)",
+            f"final eval on {config.data.eval_split}: accuracy {final['accuracy']:.4f}, "
+            f"loss {final['loss']:.4f} ({int(final['count'])} examples)",
             flush=True,
         )
-    return result
+        for name, result in results.items():
+            print(f"  {name}: {_summary(result)}", flush=True)
+    return final
+
+
+def _summary(result: dict[str, float]) -> str:
+    """'accuracy 0.9500, loss 0.2100' for an evaluation, '1shot 0.63, ...' for few-shot."""
+    keys = (
+        ("accuracy", "loss") if "accuracy" in result else [k for k in result if k.endswith("shot")]
+    )
+    return ", ".join(f"{k} {result[k]:.4f}" for k in keys)
+
+
+def _enter_phase(state: State, phase: _Phase, ema_decay: float, replicated) -> State:
+    """The state carried into `phase`: optimizer groups that trained keep their state, new
+    ones start fresh; the EMA of a newly trained leaf starts at its current value."""
+    new = {
+        **state,
+        "phase": np.int32(phase.index),
+        "opt_state": optim.carry_over(state["opt_state"], phase.tx.init(state["params"])),
+    }
+    if ema_decay:
+        # Copies: a leaf that starts its average must not share the parameter's buffer, which
+        # the step donates.
+        start = jax.tree.map(jnp.copy, select(state["params"], phase.mask))
+        new["ema_params"] = overlay(start, state["ema_params"])
+    return jax.device_put(new, replicated)

@@ -12,10 +12,11 @@ this package registers the offline `digits` TFDS builder.
 from jtransfer.data import digits  # noqa: F401  (registers the `digits` TFDS builder)
 from jtransfer.data.pipeline import EvalBatches, eval_batches, train_batches
 from jtransfer.data.preprocess import PREPROCESS_OPS, is_deterministic, parse_pp, register_op
-from jtransfer.data.sources import ImageFolderSource, Source, TfdsSource, build_source
+from jtransfer.data.sources import ArraySource, ImageFolderSource, Source, TfdsSource, build_source
 
 __all__ = [
     "PREPROCESS_OPS",
+    "ArraySource",
     "EvalBatches",
     "ImageFolderSource",
     "Source",

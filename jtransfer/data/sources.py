@@ -12,6 +12,8 @@ until an index is asked for) and decoding runs in parallel in the `decode` prepr
 - `ImageFolderSource`: `root/<split>/<class>/<file>`. Every file is checked up front (PIL opens
   and loads it, JPEGs at 1/8 scale), so the example count is known before training starts and
   does not depend on when a bad file would have been met.
+- `ArraySource`: arrays in memory standing in for images, e.g. cached backbone features, so
+  they are batched in exactly the order and shares the images would have been.
 """
 
 import abc
@@ -49,6 +51,23 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def fetch_fn(self, split: str) -> FetchFn:
         """A TF-traceable function from an example index to its encoded image and label."""
+
+
+class ArraySource(Source):
+    """Splits held as arrays: `{split: (inputs (n, ...), labels (n,))}`; pp should be ''."""
+
+    def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]):
+        self._splits = {
+            split: (tf.constant(x), tf.constant(y, tf.int32)) for split, (x, y) in splits.items()
+        }
+        self.class_names = list(class_names)
+
+    def num_examples(self, split: str) -> int:
+        return int(self._splits[split][1].shape[0])
+
+    def fetch_fn(self, split: str) -> FetchFn:
+        inputs, labels = self._splits[split]
+        return lambda i: {"image": tf.gather(inputs, i), "label": tf.gather(labels, i)}
 
 
 def build_source(data_cfg) -> Source:

@@ -5,9 +5,15 @@ comes from `efficientnet_lite_spec` so that this module and the pretrained key m
 disagree. Submodule names are the parameter paths (`stem`, `stage{s}/block{b}/{expand,
 depthwise,project}`, `top`, each with `conv` and `bn`), which is what policies and the key map
 match against, so they are spelled out rather than left to Flax's auto-naming.
+
+`norm_eval` (a regex over module paths) holds what it matches in inference mode: BatchNorm
+layers normalise with their running statistics (see `layers.BatchNorm`), and a matched block
+skips stochastic depth, so a frozen block computes the same features at every step.
 """
 
 from __future__ import annotations
+
+import re
 
 import flax.linen as nn
 import jax
@@ -49,9 +55,11 @@ class MBConv(nn.Module):
         )(h, train=train)
         h = ConvBN(self.out_channels, act=False, name="project", **common)(h, train=train)
         if self.stride == 1 and self.in_channels == self.out_channels:
-            # Stochastic depth: drop the whole residual branch per example.
+            # Stochastic depth: drop the whole residual branch per example; not in a block that
+            # `norm_eval` holds in inference mode (frozen features should not be noisy).
+            held = bool(self.norm_eval) and re.search(self.norm_eval, "/".join(self.path))
             h = nn.Dropout(self.drop_connect_rate, broadcast_dims=(1, 2, 3), name="drop_connect")(
-                h, deterministic=not train
+                h, deterministic=not train or bool(held)
             )
             h = h + x
         return h
