@@ -1,6 +1,7 @@
 """Speed benchmarks; one subcommand per question.
 
     python scripts/benchmark.py step [--resolution 96] [--batch 32] [--rounds 5] [--steps 3]
+    python scripts/benchmark.py scaling [--model efficientnet_lite0] [--resolution 64] [--batch 32]
 
 `step`: EfficientNet-Lite0 full fine-tuning train step (forward, backward, SGD-momentum update
 of every parameter, BatchNorm in train mode with its running statistics updated) and eval step
@@ -20,13 +21,26 @@ Measured on 2 shared AMD EPYC cores, jax 0.10.2, torch 2.13.0 (`step`, defaults)
     eval   jax 504.7 / 387.6 img/s, torch 332.9 / 344.2 img/s, ratio 1.52 / 1.13
 Other users' load moves whole rounds by 10-30%; torch's OpenMP threads degrade far more than XLA
 under oversubscription (torch train fell to 5 img/s), so ratios from a busy machine flatter JAX.
+
+`scaling`: the full fine-tuning train step as `train.train_and_evaluate` builds it (mesh,
+parameter shardings, donated state), data-parallel over 1, 2, 4 and 8 fake CPU devices, each
+count in its own process (`--xla_force_host_platform_device_count=N`). The fake devices share
+the machine's cores, so this shows the cost of partitioning and collectives, not a speed-up.
+With an accelerator it then times ResNet-50 and ViT-B/16 at 224 px in bfloat16 compute and
+prints model-FLOPs utilisation: 3 × XLA's forward FLOPs (the backward pass counted as twice the
+forward) per step, over the step time and the devices' dense bfloat16 peak (`PEAK_BF16_FLOPS`
+by device kind, or `--peak-tflops`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -35,9 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jtransfer.models import build_model
+from jtransfer import cost, optim, presets, sharding
+from jtransfer.models import build_model, efficientnet_lite_spec
+from jtransfer.policy import Policy
+from jtransfer.train import COMPUTE_DTYPES, DEFAULT_SHARDING_RULES, initial_state, make_train_step
 
 NUM_CLASSES = 1000
+MODEL_NAME = "efficientnet_lite0"
 
 
 def make_steps(model, optimizer: optax.GradientTransformation) -> tuple[Callable, Callable]:
@@ -169,6 +187,187 @@ def cmd_step(args: argparse.Namespace) -> None:
         print(f"{kind:5s}  " + "  ".join(columns) + f"  ratio {ratio[0]:.2f} ({ratio[1]:.2f})")
 
 
+def _freeze_strategies(model_name: str) -> dict[str, dict]:
+    """Name -> `cost.step_and_state` keyword arguments, one per compiled step of a strategy."""
+    blocks = efficientnet_lite_spec.block_names(model_name)
+    half = "|".join(blocks[: len(blocks) // 2])
+    full = [(".*", "train")]
+    # gradual unfreezing's second phase: the head and the top subtree train
+    top = [("head/.*", "train"), ("backbone/top/.*", {"start_step": 1}), (".*", "frozen")]
+    return {
+        "full": {"pairs": full},
+        "full, no clipping": {"pairs": full, "grad_clip_norm": None},
+        "linear probe": {"pairs": presets.freeze("head", model_name)[0]},
+        "frozen_stages=3": {"pairs": presets.freeze(3, model_name)[0]},
+        "first half of blocks frozen": {
+            "pairs": [(f"backbone/(stem|{half})/.*", "frozen"), (".*", "train")]
+        },
+        "gradual, phase 1 (head+top)": {"pairs": top, "step": 1},
+        "bitfit": {"pairs": presets.bitfit(model_name)},
+        "llrd 0.75": {"pairs": presets.layerwise_lr_decay(model_name, 0.75)},
+        "l2sp": {"pairs": full, "decay_toward": "start"},
+        "ema": {"pairs": full, "ema_decay": 0.99},
+    }
+
+
+def cmd_freeze(args: argparse.Namespace) -> None:
+    model = build_model(MODEL_NAME, NUM_CLASSES)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(-1, 1, (args.batch, args.resolution, args.resolution, 3)))
+    batch = {
+        "image": images.astype(jnp.float32),
+        "label": jnp.asarray(rng.integers(0, NUM_CLASSES, args.batch), jnp.int32),
+        "mask": jnp.ones(args.batch),
+    }
+    variables = jax.jit(lambda r: model.init(r, images[:1], train=False))(jax.random.key(0))
+    forward = cost.flops(cost.eval_step(model), variables, batch)
+    print(
+        f"EfficientNet-Lite0, {args.resolution}px, batch {args.batch}, SGD-momentum, "
+        f"global-norm clipping 1.0 unless said; forward (eval step) {forward / 1e9:.1f} GFLOP; "
+        f"wall: median of {args.steps} steps after one untimed"
+    )
+    print(f"{'strategy':30s} {'GFLOP':>8s} {'/fwd':>6s} {'/full':>6s} {'s/step':>7s} {'/full':>6s}")
+    reference = None
+    for name, kwargs in _freeze_strategies(MODEL_NAME).items():
+        kwargs = dict(kwargs)
+        pairs = kwargs.pop("pairs")
+        kwargs.setdefault("grad_clip_norm", 1.0)
+        step, state = cost.step_and_state(model, variables, pairs, **kwargs)
+        flops = cost.flops(step, state, batch)
+        holder = [state]
+
+        def run(holder=holder, step=step):
+            holder[0], metrics = step(holder[0], batch)
+            metrics["loss"].block_until_ready()
+
+        seconds = statistics.median(_timed(run, args.steps))
+        reference = reference or (flops, seconds)
+        print(
+            f"{name:30s} {flops / 1e9:8.1f} {flops / forward:6.2f} {flops / reference[0]:6.2f} "
+            f"{seconds:7.3f} {seconds / reference[1]:6.2f}",
+            flush=True,
+        )
+
+
+# Dense bfloat16 peak FLOP/s by device kind (substring, first match), for model-FLOPs utilisation.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),
+)
+ACCELERATOR_MODELS = ("resnet50", "vit_b16")
+
+
+def _train_step_rate(
+    model_name: str, resolution: int, batch: int, steps: int, compute_dtype: str
+) -> dict:
+    """Full fine-tuning train step (SGD-momentum, every parameter trained), data-parallel over
+    all devices, built and placed as `train.train_and_evaluate` does; median seconds per step
+    after one untimed step, and XLA's forward FLOPs (eval step) at the same batch."""
+    model = build_model(model_name, NUM_CLASSES, dtype=COMPUTE_DTYPES[compute_dtype])
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(batch, mesh)
+    rng = np.random.default_rng(0)
+    host_batch = {
+        "image": rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32),
+        "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
+        "mask": np.ones(batch, np.float32),
+    }
+    images = jnp.zeros((1, resolution, resolution, 3))
+    variables = jax.jit(lambda r: model.init(r, images, train=False))(jax.random.key(0))
+    # the whole batch's forward FLOPs, compiled for one device (before the step donates them)
+    forward = cost.flops(cost.eval_step(model), variables, host_batch)
+    params = variables["params"]
+    layout = sharding.param_shardings(params, DEFAULT_SHARDING_RULES, mesh)
+    policy = Policy.from_pairs([(".*", "train")])
+    mask = policy.trainable_mask(params)
+    tx = optim.build_optimizer({"name": "sgd"}, optax.constant_schedule(0.01), policy, params)
+    init = functools.partial(initial_state, tx=tx, mask=mask, phase=0, seed=0, ema=False)
+    shardings = layout.like(jax.eval_shape(init, params, variables.get("batch_stats", {})))
+    state = [jax.jit(init, out_shardings=shardings)(params, variables.get("batch_stats", {}))]
+    step = jax.jit(
+        make_train_step(model, tx, mask),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    device_batch = sharding.global_batch(host_batch, mesh)
+
+    def run() -> None:
+        state[0], metrics = step(state[0], device_batch)
+        metrics["loss"].block_until_ready()
+
+    seconds = statistics.median(_timed(run, steps))
+    return {
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "step_s": seconds,
+        "img_s": batch / seconds,
+        "forward_flops": forward,
+    }
+
+
+def _peak_flops(device_kind: str, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    return next((peak for kind, peak in PEAK_BF16_FLOPS if kind in device_kind), None)
+
+
+def cmd_scaling(args: argparse.Namespace) -> None:
+    if args.worker:
+        result = _train_step_rate(args.model, args.resolution, args.batch, args.steps, "float32")
+        print(json.dumps(result))
+        return
+    print(
+        f"{args.model}, {args.resolution}px, global batch {args.batch}, float32, data-parallel "
+        f"over N fake CPU devices (one process each, all sharing this machine's "
+        f"{len(os.sched_getaffinity(0))} cores); median of {args.steps} steps after one untimed"
+    )
+    print(f"{'devices':>7s} {'s/step':>8s} {'img/s':>8s}")
+    for n in args.devices:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--worker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode:
+            sys.exit(f"{n} devices failed:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{n:7d} {result['step_s']:8.3f} {result['img_s']:8.1f}", flush=True)
+
+    if jax.default_backend() == "cpu":
+        print("no accelerator: skipping the bfloat16 ResNet-50 / ViT-B/16 throughput")
+        return
+    kind = jax.devices()[0].device_kind
+    peak = _peak_flops(kind, args.peak_tflops)
+    print(
+        f"\n{jax.device_count()} x {kind}, 224px, global batch {args.accelerator_batch}, "
+        f"bfloat16 compute, float32 parameters; MFU = 3 x forward FLOPs (XLA's count) per "
+        f"step / step time / (devices x peak {peak / 1e12 if peak else float('nan'):.0f} "
+        f"TFLOP/s)"
+    )
+    print(f"{'model':10s} {'s/step':>8s} {'img/s':>8s} {'GFLOP/img':>10s} {'MFU':>6s}")
+    for name in ACCELERATOR_MODELS:
+        result = _train_step_rate(name, 224, args.accelerator_batch, args.steps, "bfloat16")
+        model_flops = 3 * result["forward_flops"]
+        mfu = model_flops / result["step_s"] / (jax.device_count() * peak) if peak else None
+        print(
+            f"{name:10s} {result['step_s']:8.3f} {result['img_s']:8.1f} "
+            f"{model_flops / args.accelerator_batch / 1e9:10.1f} "
+            + (f"{100 * mfu:5.1f}%" if mfu is not None else "   n/a"),
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +378,23 @@ def main() -> None:
     step.add_argument("--steps", type=int, default=3, help="timed steps per round")
     step.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     step.set_defaults(func=cmd_step)
+    freeze = sub.add_parser("freeze", help="compiled FLOPs and wall time per freezing strategy")
+    freeze.add_argument("--resolution", type=int, default=224)
+    freeze.add_argument("--batch", type=int, default=32)
+    freeze.add_argument("--steps", type=int, default=5, help="timed steps per strategy")
+    freeze.set_defaults(func=cmd_freeze)
+    scaling = sub.add_parser(
+        "scaling", help="train step time over 1-8 fake devices; bfloat16 MFU on an accelerator"
+    )
+    scaling.add_argument("--model", default=MODEL_NAME)
+    scaling.add_argument("--resolution", type=int, default=64)
+    scaling.add_argument("--batch", type=int, default=32, help="global batch (fake devices)")
+    scaling.add_argument("--steps", type=int, default=5, help="timed steps")
+    scaling.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
+    scaling.add_argument("--accelerator-batch", type=int, default=256)
+    scaling.add_argument("--peak-tflops", type=float, help="per device; default: by device kind")
+    scaling.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    scaling.set_defaults(func=cmd_scaling)
     args = parser.parse_args()
     args.func(args)
 
