@@ -60,7 +60,8 @@ def step_and_state(
         "rng": jax.random.PRNGKey(0),
     }
     if ema_decay:
-        state["ema_params"] = select(params, mask)
+        ema = select(params, mask)  # real arrays get their own buffers: the step donates them
+        state["ema_params"] = ema if abstract else jax.tree.map(jnp.copy, ema)
     fn = make_train_step(model, tx, mask, ema_decay=ema_decay)
     return jax.jit(fn, donate_argnums=0), state
 

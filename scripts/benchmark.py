@@ -232,7 +232,8 @@ def cmd_freeze(args: argparse.Namespace) -> None:
         kwargs = dict(kwargs)
         pairs = kwargs.pop("pairs")
         kwargs.setdefault("grad_clip_norm", 1.0)
-        step, state = cost.step_and_state(model, variables, pairs, **kwargs)
+        fresh = jax.tree.map(jnp.copy, variables)  # the step donates its state
+        step, state = cost.step_and_state(model, fresh, pairs, **kwargs)
         flops = cost.flops(step, state, batch)
         holder = [state]
 
