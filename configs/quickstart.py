@@ -51,6 +51,12 @@ def get_config(arg=None):
     c.grad_clip_norm = 0.0  # global-norm clipping of the trainable gradients; 0: off
     c.label_smoothing = 0.0
 
+    # Devices: data-parallel over all of them (configs/transfer.py documents the other axes).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    c.grad_accum_steps = 1  # micro-batches per step
+    c.compute_dtype = "float32"  # or "bfloat16"
+    c.prefetch = 2  # batches put on the devices ahead of the step; 0: none
+
     c.log_every = 20  # steps between progress lines / metrics.jsonl rows
     c.eval_every = 0  # 0: evaluate only at the end
     c.checkpoint_every = 50

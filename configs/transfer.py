@@ -134,6 +134,13 @@ def get_config(arg=None):
     c.fewshot_shots = ()  # e.g. (1, 5, 10): ridge few-shot accuracy at each evaluation; (): off
     c.fewshot_seeds = (0, 1, 2)  # support sets drawn per seed
 
+    # Scale: the device mesh, where parameters live, and the throughput switches.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})  # -1: the rest
+    c.sharding_rules = ((".*", "fsdp"),)  # (regex, 'replicate'|'fsdp'|{'dim','axis'}), 1st wins
+    c.grad_accum_steps = 1  # micro-batches per step, gradients averaged (batch_size: the sum)
+    c.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer state stay float32)
+    c.prefetch = 2  # global batches put on the devices ahead of the step; 0: none
+
     c.log_every = 10  # steps between progress lines / metrics.jsonl rows
     c.eval_every = 0  # 0: evaluate only at the end
     c.checkpoint_every = 50

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -116,6 +116,38 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
+def first_full_match(
+    patterns: Sequence[str], paths: Iterable[str], error: type[Exception] = PolicyError
+) -> dict[str, int]:
+    """Index of the first pattern that fully matches each path.
+
+    Raises `error` naming every path that no pattern matches and every pattern that decides no
+    path (a typo, or a rule shadowed by an earlier one); the policy and the sharding rules
+    (`sharding.param_specs`) share this contract.
+    """
+    compiled = [re.compile(p) for p in patterns]
+    assigned, unmatched = {}, []
+    for path in paths:
+        index = next((i for i, c in enumerate(compiled) if c.fullmatch(path)), None)
+        if index is None:
+            unmatched.append(path)
+        else:
+            assigned[path] = index
+    problems = []
+    if unmatched:
+        problems.append("parameters matched by no rule:\n  " + "\n  ".join(unmatched))
+    used = set(assigned.values())
+    dead = [p for i, p in enumerate(patterns) if i not in used]
+    if dead:
+        problems.append(
+            "rules that match no parameter (or only ones an earlier rule took):"
+            "\n  " + "\n  ".join(dead)
+        )
+    if problems:
+        raise error("\n".join(problems))
+    return assigned
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     rules: tuple[tuple[str, Rule], ...]
@@ -140,26 +172,7 @@ class Policy:
 
     def assign(self, params: Mapping) -> dict[str, int]:
         """Index of the deciding rule for each parameter path; raises on gaps and dead rules."""
-        compiled = [re.compile(p) for p, _ in self.rules]
-        assigned, unmatched = {}, []
-        for path in flatten(params):
-            index = next((i for i, c in enumerate(compiled) if c.fullmatch(path)), None)
-            if index is None:
-                unmatched.append(path)
-            else:
-                assigned[path] = index
-        problems = []
-        if unmatched:
-            problems.append("parameters matched by no rule:\n  " + "\n  ".join(unmatched))
-        dead = [p for i, (p, _) in enumerate(self.rules) if i not in set(assigned.values())]
-        if dead:
-            problems.append(
-                "rules that match no parameter (or only ones an earlier rule took):"
-                "\n  " + "\n  ".join(dead)
-            )
-        if problems:
-            raise PolicyError("\n".join(problems))
-        return assigned
+        return first_full_match([p for p, _ in self.rules], flatten(params), PolicyError)
 
     def _map(self, params: Mapping, fn) -> Any:
         assigned = self.assign(params)

@@ -25,6 +25,7 @@ the head on its features (see `feature_cache`).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ from jtransfer.policy import (
     split,
     unflatten,
 )
+from jtransfer.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +86,29 @@ def make_train_step(
     *,
     ema_decay: float = 0.0,
     on_features: bool = False,
+    grad_accum_steps: int = 1,
 ) -> Callable[[State, dict], tuple[State, dict]]:
     """`step(state, batch) -> (state, metrics)`; jit it with the shardings of the caller.
 
     `on_features`: `batch['image']` holds backbone features and only the head runs.
     `ema_decay` > 0: `state['ema_params']` (the trainable leaves) follows the new parameters.
+    `grad_accum_steps` = k > 1: the batch is cut into k micro-batches (rows i, i+k, i+2k, ...,
+    so each stays spread over the data-parallel devices) whose gradients a `lax.scan` averages
+    before the one update. Without train-mode BatchNorm that is the update of the whole batch;
+    train-mode BatchNorm normalises each micro-batch by its own statistics and updates its
+    running statistics once per micro-batch, in order.
     """
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
         trainable, frozen = split(state["params"], trainable_mask)
 
-        def loss_fn(trainable):
-            variables = {"params": merge(trainable, frozen), "batch_stats": state["batch_stats"]}
+        def loss_fn(trainable, batch, batch_stats, rng):
+            variables = {"params": merge(trainable, frozen), "batch_stats": batch_stats}
             if on_features:
                 logits = model.apply(
                     variables, batch["image"], train=True, rngs={"dropout": rng}, method=_apply_head
                 )
-                batch_stats = state["batch_stats"]
             else:
                 logits, updates = model.apply(
                     variables,
@@ -112,9 +119,34 @@ def make_train_step(
                 )
                 batch_stats = updates.get("batch_stats", {})
             loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-            return loss, (logits, batch_stats)
+            accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+            return loss, (accuracy, batch_stats)
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if grad_accum_steps == 1:
+            (loss, (accuracy, batch_stats)), grads = grad_fn(
+                trainable, batch, state["batch_stats"], rng
+            )
+        else:
+            k = grad_accum_steps
+            micro = jax.tree.map(
+                lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch
+            )
+
+            def accumulate(carry, xs):
+                grads, loss, accuracy, batch_stats = carry
+                batch, i = xs
+                (micro_loss, (micro_accuracy, batch_stats)), micro_grads = grad_fn(
+                    trainable, batch, batch_stats, jax.random.fold_in(rng, i)
+                )
+                grads = jax.tree.map(jnp.add, grads, micro_grads)
+                return (grads, loss + micro_loss, accuracy + micro_accuracy, batch_stats), None
+
+            zero = jnp.zeros((), jnp.float32)
+            zeros = (jax.tree.map(jnp.zeros_like, trainable), zero, zero, state["batch_stats"])
+            sums, _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(k)))
+            grads, loss, accuracy = jax.tree.map(lambda x: x / k, sums[:3])
+            batch_stats = sums[3]
         # Frozen leaves get constant zero gradients: the optimizer's `set_to_zero` ignores them
         # and nothing here differentiates through them.
         full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
@@ -136,7 +168,7 @@ def make_train_step(
             )
         step_metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": accuracy,
             "grad_norm": optax.global_norm(grads),
         }
         return new_state, step_metrics
@@ -193,10 +225,17 @@ def _write_json(workdir: str, name: str, obj: Any) -> None:
 
 
 def initial_variables(
-    model, config, image_shape: tuple[int, ...], workdir: str
+    model,
+    config,
+    image_shape: tuple[int, ...],
+    workdir: str,
+    shardings: Callable[[Any], Any] | None = None,
 ) -> tuple[dict, dict]:
-    """Freshly initialised variables with the pretrained checkpoint grafted in, and the graft
-    manifest (everything re-initialised when there is no pretrained source).
+    """Freshly initialised variables (host arrays) with the pretrained checkpoint grafted in,
+    and the graft manifest (everything re-initialised when there is no pretrained source).
+
+    `shardings(abstract variables)`: where a full initialisation computes each leaf, so that no
+    device ever holds the whole tree.
 
     Only the leaves the checkpoint does not provide are computed: jitting the whole `init` costs
     XLA seconds of compiling random initialisers for weights that are then overwritten, while a
@@ -211,7 +250,8 @@ def initial_variables(
 
     source = config.pretrained.get("source")
     if not source:
-        variables = jax.device_get(jax.jit(init)(rng))
+        out_shardings = shardings(jax.eval_shape(init, rng)) if shardings else None
+        variables = jax.device_get(jax.jit(init, out_shardings=out_shardings)(rng))
         paths = sorted(flatten(variables))
         return variables, {"loaded": [], "reinitialized": paths, "ignored": [], "resampled": []}
     loaded = pretrained.load(source, model=config.model.name)
@@ -233,10 +273,21 @@ def initial_variables(
     return variables, manifest
 
 
+# `config.compute_dtype` → the models' `dtype` field: the dtype of activations and of the
+# parameters' copies inside the forward pass. Parameters, gradients and optimizer state stay
+# float32, as do the pooled features and the logits (`models.heads.pool`).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def build_model(config, num_classes: int, norm_eval: str = ""):
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
     if norm_eval:
         kwargs["norm_eval"] = norm_eval
+    compute_dtype = config.get("compute_dtype", "float32")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute_dtype {compute_dtype!r}; valid: {list(COMPUTE_DTYPES)}")
+    if compute_dtype != "float32":
+        kwargs["dtype"] = COMPUTE_DTYPES[compute_dtype]
     return models.build_model(config.model.name, num_classes, **kwargs)
 
 
@@ -277,6 +328,37 @@ def _check_strategies(config, policy: Policy, norm_eval: NormEval, total_steps: 
         raise ValueError(f"wise_ft_alphas must lie in [0, 1], got {bad}")
 
 
+# Sharding rules when the config gives none: FSDP everywhere, which with the default mesh
+# (`fsdp` axis of size 1) replicates every parameter.
+DEFAULT_SHARDING_RULES = ((".*", "fsdp"),)
+
+
+def initial_state(
+    params: dict,
+    batch_stats: dict,
+    *,
+    tx: optax.GradientTransformation,
+    mask: Any,
+    phase: int,
+    seed: int,
+    ema: bool,
+) -> State:
+    """The train state at the start of a run in `phase`: fresh optimizer state, step 0, and with
+    `ema` the moving average of the trainable leaves starting at their values."""
+    state = {
+        "step": jnp.int32(0),
+        "phase": jnp.int32(phase),
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": tx.init(params),
+        "rng": jax.random.PRNGKey(seed + 1),
+    }
+    if ema:
+        # A copy: the average must not share the parameter's buffer, which the step donates.
+        state["ema_params"] = jax.tree.map(jnp.copy, select(params, mask))
+    return state
+
+
 class _Phase(NamedTuple):
     """One phase of the run: where it starts, its mask, optimizer and compiled train step."""
 
@@ -285,14 +367,20 @@ class _Phase(NamedTuple):
     mask: Any
     tx: optax.GradientTransformation
     step: Callable[[State, dict], tuple[State, dict]]
+    init: Callable[[dict, dict], State]  # (params, batch_stats) -> the state at its start
+    shardings: Any  # of its state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     _write_json(workdir, "config.json", json.loads(config.to_json()))
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.get("mesh"))
     replicated = sharding.replicated(mesh)
-    sharding.check_batch_size(config.batch_size, mesh)
+    grad_accum_steps = config.get("grad_accum_steps", 1)
+    if int(grad_accum_steps) != grad_accum_steps or grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be a whole number >= 1, got {grad_accum_steps}")
+    sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps)
+    sharding_rules = config.get("sharding_rules") or DEFAULT_SHARDING_RULES
 
     source = data.build_source(config.data)
     num_train = source.num_examples(config.data.train_split)
@@ -315,8 +403,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     image_batches = data.eval_batches(source, config.data.train_split, pp_train, eval_batch_size)
     image_shape = next(iter(image_batches))["image"].shape[1:]
     model = build_model(config, source.num_classes)
-    variables, manifest = initial_variables(model, config, image_shape, workdir)
+    variables, manifest = initial_variables(
+        model,
+        config,
+        image_shape,
+        workdir,
+        lambda v: sharding.param_shardings(v["params"], sharding_rules, mesh).like(v),
+    )
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    layout = sharding.param_shardings(params, sharding_rules, mesh)
+    if jax.process_index() == 0:
+        print(f"mesh {sharding.describe(mesh)}: {layout.summary()}", flush=True)
     norm_eval.check(batch_stats)
     if jax.process_index() == 0:
         print("parameter policy:\n" + policy.report(params), flush=True)
@@ -345,7 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         if reasons:
             raise ValueError("cache_features=True, but " + "; ".join(reasons))
-        backbone_variables = jax.device_put(variables, replicated)
+        backbone_variables = jax.device_put(variables, layout.like(variables))
         source = feature_cache.feature_source(
             lambda x: features(backbone_variables, x),
             source,
@@ -383,6 +480,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 step=start,
                 decay_toward=config.get("decay_toward", "zero"),
             )
+            init = functools.partial(
+                initial_state, tx=tx, mask=mask, phase=index, seed=config.seed, ema=ema_decay > 0
+            )
+            shardings = layout.like(jax.eval_shape(init, params, batch_stats))
             step_fn = jax.jit(
                 make_train_step(
                     phase_model,
@@ -391,35 +492,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     config.get("label_smoothing", 0.0),
                     ema_decay=ema_decay,
                     on_features=on_features,
+                    grad_accum_steps=grad_accum_steps,
                 ),
-                out_shardings=(replicated, replicated),
+                out_shardings=(shardings, replicated),
                 donate_argnums=0,
             )
-            phases[index] = _Phase(index, start, mask, tx, step_fn)
+            phases[index] = _Phase(index, start, mask, tx, step_fn, init, shardings)
         return phases[index]
 
     def phase_of(step: int) -> int:
         return bisect.bisect_right(phase_starts, step) - 1
 
     current = phase(phase_of(start_step))
-    state = {
-        "step": np.int32(0),
-        "phase": np.int32(current.index),
-        "params": params,
-        "batch_stats": batch_stats,
-        "opt_state": current.tx.init(params),
-        "rng": jax.random.PRNGKey(config.seed + 1),
-    }
-    if ema_decay:
-        state["ema_params"] = select(params, current.mask)
-    state = jax.device_put(state, replicated)
+    # Host arrays go straight into their shardings: each device receives only its shards.
+    state = jax.jit(current.init, out_shardings=current.shardings)(
+        jax.device_put(params, layout.params()), jax.device_put(batch_stats, replicated)
+    )
     if start_step:
         state = ckpt.restore(start_step, state)
         print(
             f"resumed from step {start_step} of {total_steps} (phase {current.index})", flush=True
         )
 
-    train_iter = iter(
+    train_iter = Prefetcher(
         data.train_batches(
             source,
             config.data.train_split,
@@ -427,7 +522,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.batch_size,
             seed=config.seed,
             start_step=start_step,
-        )
+        ),
+        functools.partial(sharding.global_batch, mesh=mesh),
+        config.get("prefetch", 2),
     )
     eval_step = jax.jit(make_eval_step(model, on_features=on_features), out_shardings=replicated)
     eval_batches = data.eval_batches(source, config.data.eval_split, pp_eval, eval_batch_size)
@@ -449,11 +546,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"training steps {step}..{total_steps}, global batch {config.batch_size}", flush=True)
     writer.start(step)
     while step < total_steps:
-        state, step_metrics = current.step(state, sharding.global_batch(next(train_iter), mesh))
+        state, step_metrics = current.step(state, next(train_iter))
         step += 1
         if step < total_steps and phase_of(step) != current.index:
             current = phase(phase_of(step))
-            state = _enter_phase(state, current, ema_decay, replicated)
+            state = _enter_phase(state, current, ema_decay)
             trained = sum(x.size for x in jax.tree.leaves(select(params, current.mask)))
             print(
                 f"step {step:>6}: phase {current.index} begins, training {trained:,} parameters",
@@ -472,6 +569,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 print(f"step {step:>6}: {name} {_summary(result)}", flush=True)
         if ckpt_every and step % ckpt_every == 0 and step < total_steps:
             ckpt.save(step, state)
+    train_iter.close()
     train_seconds = time.perf_counter() - start_time
 
     if step > start_step or ckpt.latest_step() != total_steps:
@@ -482,7 +580,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         final = jax.device_get({k: state[k] for k in ("params", "batch_stats")})
         start = wise_ft_start(variables, manifest["reinitialized"], final)
         for alpha in alphas:
-            mixed = jax.device_put(interpolate(start, final, alpha), replicated)
+            mixed = interpolate(start, final, alpha)
+            mixed = jax.device_put(mixed, layout.like(mixed))
             results[f"wise_ft_{alpha:g}"] = evaluate(eval_step, mixed, eval_batches, mesh)
     for name, result in results.items():
         writer.write(total_steps, {f"{name}/{k}": v for k, v in result.items()})
@@ -509,7 +608,7 @@ def _summary(result: dict[str, float]) -> str:
     return ", ".join(f"{k} {result[k]:.4f}" for k in keys)
 
 
-def _enter_phase(state: State, phase: _Phase, ema_decay: float, replicated) -> State:
+def _enter_phase(state: State, phase: _Phase, ema_decay: float) -> State:
     """The state carried into `phase`: optimizer groups that trained keep their state, new
     ones start fresh; the EMA of a newly trained leaf starts at its current value."""
     new = {
@@ -522,4 +621,4 @@ def _enter_phase(state: State, phase: _Phase, ema_decay: float, replicated) -> S
         # the step donates.
         start = jax.tree.map(jnp.copy, select(state["params"], phase.mask))
         new["ema_params"] = overlay(start, state["ema_params"])
-    return jax.device_put(new, replicated)
+    return jax.device_put(new, phase.shardings)
