@@ -4,15 +4,71 @@ The saved pytree is the whole train state (step, parameters, batch statistics, o
 RNG); the data position needs nothing extra because the input order is a pure function of
 (seed, step). Orbax writes each step into a temporary directory and renames it when complete, so
 a run killed mid-save resumes from the last complete step.
+
+A workdir resumes only the run that made it: `check_resume_config` compares the config saved
+beside the checkpoints with the new one and names every field that would change the state or
+the data order. Fields that only change what is logged, evaluated or kept, or where the state
+lives (the mesh: a preempted run may come back on another slice), may differ
+(`RESUME_HARMLESS`); everything else, including fields one of the two configs lacks, must match,
+since an exact resume is only defined for one config.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
+
+# Dotted config fields (or prefixes of them) that a resumed run may change: what is logged,
+# evaluated or kept, and where the state lives (not its values).
+RESUME_HARMLESS = (
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "pp_eval",
+    "data.eval_split",
+    "data.data_dir",
+    "fewshot_shots",
+    "fewshot_seeds",
+    "wise_ft_alphas",
+    "mesh",  # the device layout: a run may resume on another slice (same global batch)
+    "sharding_rules",
+    "prefetch",
+)
+
+
+class ResumeConfigError(ValueError):
+    """The workdir holds a checkpoint of a run with a different config."""
+
+
+def check_resume_config(saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Raises `ResumeConfigError` naming the fields (dotted) in which `new` differs from
+    `saved`, both as JSON-like dicts (`json.loads(config.to_json())`)."""
+    a = traverse_util.flatten_dict(dict(saved), sep=".")
+    b = traverse_util.flatten_dict(dict(new), sep=".")
+    absent = object()
+
+    def show(flat: dict, key: str) -> str:
+        return repr(flat[key]) if key in flat else "<absent>"
+
+    differ = [
+        f"{key}: {show(a, key)} -> {show(b, key)}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key, absent) != b.get(key, absent)
+        and not any(key == h or key.startswith(h + ".") for h in RESUME_HARMLESS)
+    ]
+    if differ:
+        raise ResumeConfigError(
+            "the workdir holds checkpoints of a run with a different config (saved -> new): "
+            + "; ".join(differ)
+            + ". Use another workdir, or restore the saved values to resume."
+        )
 
 
 class Checkpointer:

@@ -2,6 +2,13 @@
 
 Any config field can be overridden with `--config.a.b=value`; configs are locked, so a misspelt
 key is an error that names it and the close matches (ml_collections does this for us).
+
+Multi-process runs (`jtransfer.distributed`): on a GPU cluster give every process the same
+`--coordinator_address=HOST:PORT --num_processes=N` and its own `--process_id` (or the
+`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` variables); on a Cloud TPU VM
+pod pass `--distributed=on` on every worker and JAX finds the rest. A run stopped by SIGTERM
+saves its state and exits with status 75 (`distributed.PREEMPTED_EXIT_CODE`); rerun the same
+command to resume.
 """
 
 from __future__ import annotations
@@ -14,6 +21,21 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:args]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Call jax.distributed.initialize: auto = when a coordinator address is given (flag or "
+    "JAX_COORDINATOR_ADDRESS); on = always, letting JAX detect TPU pods, Slurm or Open MPI.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, N).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds to wait for the coordinator and every process."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,9 +44,23 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("jtransfer").setLevel(logging.INFO)
     logging.getLogger().setLevel(logging.WARNING)  # orbax and TFDS are chatty at INFO
-    from jtransfer import train  # after flag parsing: --help stays fast
+    from jtransfer import checkpoint, distributed, train  # after flag parsing: --help stays fast
 
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        distributed.initialize(
+            mode=_DISTRIBUTED.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+            timeout_s=_INIT_TIMEOUT.value,
+        )
+        with distributed.Preemption() as preemption:
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, preemption)
+    except (distributed.DistributedInitError, checkpoint.ResumeConfigError) as e:
+        sys.exit(f"error: {e}")
+    except distributed.Preempted as e:
+        print(e, flush=True)
+        sys.exit(distributed.PREEMPTED_EXIT_CODE)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -42,6 +42,7 @@ import optax
 from jtransfer import (
     checkpoint,
     data,
+    distributed,
     feature_cache,
     graft,
     metrics,
@@ -219,9 +220,12 @@ def _total_steps(config, num_train: int) -> int:
 
 
 def _write_json(workdir: str, name: str, obj: Any) -> None:
+    """Process 0 writes; atomically, since other processes may read it (config.json)."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, name), "w") as f:
+        path = os.path.join(workdir, name)
+        with open(path + ".tmp", "w") as f:
             json.dump(obj, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 def initial_variables(
@@ -371,9 +375,24 @@ class _Phase(NamedTuple):
     shardings: Any  # of its state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    preemption: distributed.Preemption | None = None,
+) -> dict[str, Any]:
+    """Trains and evaluates; with `preemption`, saves and raises `distributed.Preempted` when
+    it reports a preemption notice (the CLI passes one; in-process callers need not)."""
     os.makedirs(workdir, exist_ok=True)
-    _write_json(workdir, "config.json", json.loads(config.to_json()))
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 2)
+    )
+    start_step = ckpt.latest_step() or 0
+    config_json = json.loads(config.to_json())
+    saved_config = os.path.join(workdir, "config.json")
+    if start_step and os.path.exists(saved_config):
+        with open(saved_config) as f:
+            checkpoint.check_resume_config(json.load(f), config_json)
+    _write_json(workdir, "config.json", config_json)
     mesh = sharding.make_mesh(config.get("mesh"))
     replicated = sharding.replicated(mesh)
     grad_accum_steps = config.get("grad_accum_steps", 1)
@@ -394,11 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ema_decay = config.get("ema_decay", 0.0)
     alphas = tuple(config.get("wise_ft_alphas", ()))
     eval_batch_size = config.get("eval_batch_size") or config.batch_size
+    sharding.check_batch_size(eval_batch_size, mesh, name="eval_batch_size")
 
-    ckpt = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 2)
-    )
-    start_step = ckpt.latest_step() or 0
     pp_train, pp_eval = config.pp_train, config.pp_eval
     image_batches = data.eval_batches(source, config.data.train_split, pp_train, eval_batch_size)
     image_shape = next(iter(image_batches))["image"].shape[1:]
@@ -569,6 +585,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 print(f"step {step:>6}: {name} {_summary(result)}", flush=True)
         if ckpt_every and step % ckpt_every == 0 and step < total_steps:
             ckpt.save(step, state)
+        if preemption and step < total_steps and preemption.reached(step):
+            train_iter.close()
+            ckpt.save(step, state)
+            ckpt.close()
+            writer.close()
+            raise distributed.Preempted(step)
     train_iter.close()
     train_seconds = time.perf_counter() - start_time
 

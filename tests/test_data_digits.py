@@ -66,3 +66,32 @@ def test_tfrecord_copy_is_read_into_memory_with_the_same_examples(source, tmp_pa
 def test_unknown_dataset_name_is_named(tmp_path):
     with pytest.raises(ValueError, match="no_such_dataset"):
         data.build_source(config(tmp_path, name="no_such_dataset"))
+
+
+def test_each_process_reads_only_its_share(source, monkeypatch):
+    """Array_record is read by index: process p of 2 fetches records of its own half of each
+    global batch and nothing else (tf.data may read ahead, within the share)."""
+    reads: list[list[int]] = []  # one list per pipeline (each calls as_data_source once)
+    as_data_source = source._builder.as_data_source
+
+    class Recording:
+        def __init__(self, records):
+            self._records, self._read = records, []
+            reads.append(self._read)
+
+        def __getitem__(self, i: int) -> bytes:
+            self._read.append(int(i))
+            return self._records[i]
+
+    monkeypatch.setattr(
+        source._builder, "as_data_source", lambda *a, **k: Recording(as_data_source(*a, **k))
+    )
+    order = np.random.default_rng([0, 0]).permutation(1437)  # epoch 0 of seed 0
+    batches = order[: 1437 // 8 * 8].reshape(-1, 8)  # global batches of 8
+    for p in (0, 1):
+        share = data.train_batches(source, "train", PP, 8, seed=0, process_index=p, process_count=2)
+        first = [next(share) for _ in range(3)]
+        own = batches[:, 4 * p : 4 * p + 4]
+        assert set(reads[p]) <= set(own.ravel())
+        assert set(own[:3].ravel()) <= set(reads[p])
+        assert all(b["image"].shape[0] == 4 for b in first)

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
+from images import dark_and_light
 
 from jtransfer import data, train
 from jtransfer.policy import NormEval, Policy, flatten
@@ -32,15 +32,7 @@ def _transfer_config(arg):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 5)):
-        for c, name in enumerate(("dark", "light")):
-            os.makedirs(root / split / name)
-            for i in range(n):
-                pixels = rng.integers(0, 128, (40, 44, 3)) + 100 * c
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
-    return str(root)
+    return dark_and_light(tmp_path_factory.mktemp("images"))
 
 
 def _run(folder, workdir, arg, **overrides):
