@@ -1,16 +1,21 @@
 """Several processes through the command line: two local processes of 4 CPU devices each, joined
-by `jax.distributed` on 127.0.0.1, train like one process of 8 devices; a coordinator that
-never answers is an error within the initialization timeout, not a hang."""
+by `jax.distributed` on 127.0.0.1, train like one process of 8 devices and stop together on
+a SIGTERM to either; a coordinator that never answers is an error within the initialization
+timeout, not a hang."""
 
 import json
 import os
+import re
+import signal
 import socket
+import subprocess
 import time
 
 import numpy as np
 import pytest
 from cli import FAST, command, losses, popen, run
 
+from jtransfer import distributed
 from jtransfer.policy import flatten
 from jtransfer.pretrained.orbax_reader import read_run
 
@@ -49,9 +54,7 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path, data_di
     assert out.returncode == 0, out.stderr[-3000:]
 
     workdir = tmp_path / "two"
-    address = f"--coordinator_address=127.0.0.1:{_free_port()}"
-    cmd = command(workdir, data_dir, *SHORT)
-    procs = [popen([*cmd, address, "--num_processes=2", f"--process_id={i}"], 4) for i in (0, 1)]
+    procs = _two_processes(workdir, data_dir)
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, output in zip(procs, outputs, strict=True):
         assert p.returncode == 0, output[-3000:]
@@ -69,6 +72,37 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path, data_di
     assert eval_two["count"] == eval_one["count"] == 360
     # Parameters 1e-5 apart may flip a near tie; more than one flipped example would be a bug.
     assert abs(eval_two["accuracy"] - eval_one["accuracy"]) * 360 <= 1 + 1e-9
+
+
+def _two_processes(workdir, data_dir, *overrides) -> list[subprocess.Popen]:
+    cmd = command(workdir, data_dir, *SHORT, *overrides)
+    address = f"--coordinator_address=127.0.0.1:{_free_port()}"
+    return [popen([*cmd, address, "--num_processes=2", f"--process_id={i}"], 4) for i in (0, 1)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path, data_dir):
+    """JAX's preemption service carries the notice to the other process; both save the same
+    step (a checkpoint is a collective) and exit 75."""
+    procs = _two_processes(tmp_path, data_dir, "--config.total_steps=40")
+    lines = []
+    try:
+        for line in procs[0].stdout:
+            lines.append(line)
+            if re.match(r"step\s+3/", line):
+                procs[1].send_signal(signal.SIGTERM)
+                break
+        outputs = ["".join(lines) + procs[0].communicate(timeout=300)[0]]
+        outputs.append(procs[1].communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    saved = [re.search(r"preempted: state saved at step (\d+)", out) for out in outputs]
+    assert all(saved), outputs[0][-3000:] + outputs[1][-3000:]
+    assert saved[0].group(1) == saved[1].group(1)
+    assert [p.returncode for p in procs] == [distributed.PREEMPTED_EXIT_CODE] * 2
+    assert os.listdir(tmp_path / "checkpoints") == [saved[0].group(1)]
 
 
 @pytest.mark.parametrize("process_id", [0, 1])
