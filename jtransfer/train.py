@@ -323,7 +323,9 @@ def _check_strategies(config, policy: Policy, norm_eval: NormEval, total_steps: 
         f"norm_eval {p!r} (until_step {u})" for p, u in norm_eval.entries if u and u >= total_steps
     ]
     if late:
-        raise PolicyError(f"phases that begin after the run's last step {total_steps - 1}: {late}")
+        raise PolicyError(
+            f"phases that begin after the run's last step {total_steps - 1}: {', '.join(late)}"
+        )
     decay = config.get("ema_decay", 0.0)
     if not 0 <= decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {decay}")
@@ -459,19 +461,22 @@ def train_and_evaluate(
         if reasons:
             raise ValueError("cache_features=True, but " + "; ".join(reasons))
         backbone_variables = jax.device_put(variables, layout.like(variables))
-        source = feature_cache.feature_source(
-            lambda x: features(backbone_variables, x),
-            source,
-            {config.data.train_split: pp_train, config.data.eval_split: pp_eval},
-            eval_batch_size,
-            mesh,
-        )
-        pp_train = pp_eval = ""
-        print(
-            f"cached backbone features of {config.data.train_split} and "
-            f"{config.data.eval_split} in {time.perf_counter() - start_time:.1f} s",
-            flush=True,
-        )
+        image_source = source
+
+        def cached_features(split: str, pp: str) -> data.ArraySource:
+            began = time.perf_counter()
+            cached = feature_cache.feature_source(
+                lambda x: features(backbone_variables, x),
+                image_source,
+                {split: pp},
+                eval_batch_size,
+                mesh,
+            )
+            seconds = time.perf_counter() - began
+            print(f"cached backbone features of {split} in {seconds:.1f} s", flush=True)
+            return cached
+
+        source, pp_train = cached_features(config.data.train_split, pp_train), ""
 
     schedule = optim.build_schedule(
         config.lr,
@@ -526,6 +531,12 @@ def train_and_evaluate(
     )
     if start_step:
         state = ckpt.restore(start_step, state)
+        if int(state["phase"]) != current.index:
+            raise ValueError(
+                f"the checkpoint at step {start_step} was saved in phase {int(state['phase'])}, "
+                f"but this config puts step {start_step} in phase {current.index}: the phases "
+                f"(policy start steps, norm_eval until steps) changed since it was saved"
+            )
         print(
             f"resumed from step {start_step} of {total_steps} (phase {current.index})", flush=True
         )
@@ -543,13 +554,21 @@ def train_and_evaluate(
         config.get("prefetch", 2),
     )
     eval_step = jax.jit(make_eval_step(model, on_features=on_features), out_shardings=replicated)
-    eval_batches = data.eval_batches(source, config.data.eval_split, pp_eval, eval_batch_size)
+
+    @functools.cache
+    def eval_batches() -> data.EvalBatches:
+        """Built at the first evaluation: cached features of the eval split are evaluation work,
+        not part of training the head."""
+        split = config.data.eval_split
+        if on_features:
+            return data.eval_batches(cached_features(split, pp_eval), split, "", eval_batch_size)
+        return data.eval_batches(source, split, pp_eval, eval_batch_size)
 
     def evaluations(state) -> dict[str, dict[str, float]]:
-        results = {"eval": evaluate(eval_step, state, eval_batches, mesh)}
+        results = {"eval": evaluate(eval_step, state, eval_batches(), mesh)}
         if ema_decay:
             ema = {**state, "params": overlay(state["params"], state["ema_params"])}
-            results["eval_ema"] = evaluate(eval_step, ema, eval_batches, mesh)
+            results["eval_ema"] = evaluate(eval_step, ema, eval_batches(), mesh)
         if fewshot:
             variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
             results["fewshot"] = fewshot.run(lambda images: features(variables, images))
@@ -604,7 +623,7 @@ def train_and_evaluate(
         for alpha in alphas:
             mixed = interpolate(start, final, alpha)
             mixed = jax.device_put(mixed, layout.like(mixed))
-            results[f"wise_ft_{alpha:g}"] = evaluate(eval_step, mixed, eval_batches, mesh)
+            results[f"wise_ft_{alpha:g}"] = evaluate(eval_step, mixed, eval_batches(), mesh)
     for name, result in results.items():
         writer.write(total_steps, {f"{name}/{k}": v for k, v in result.items()})
     writer.close()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from images import dark_and_light
 
-from jtransfer import data, train
+from jtransfer import data, presets, train
 from jtransfer.policy import NormEval, Policy, flatten
 from jtransfer.pretrained.orbax_reader import read_run
 
@@ -104,7 +104,12 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_strategy_runs_and_keeps_frozen_things_frozen(folder, tmp_path, name):
-    config, result = _run(folder, tmp_path, STRATEGIES[name])
+    # the few-shot evaluator rides along with one of them
+    extra = {"fewshot_shots": (1, 2), "fewshot_seeds": (0, 1)} if name == "ema" else {}
+    if name in ("l2sp", "ema", "wise_ft"):
+        # These act on whatever trains; training only the top keeps their compile short.
+        extra["policy"], extra["norm_eval"] = presets.freeze(6, "efficientnet_lite0")
+    config, result = _run(folder, tmp_path, STRATEGIES[name], **extra)
     assert result["count"] == 10
     frozen, trained = _check_invariants(config, tmp_path, STEPS)
     if name in ("linear_probe", "cached_probe"):
@@ -113,6 +118,7 @@ def test_strategy_runs_and_keeps_frozen_things_frozen(folder, tmp_path, name):
         _check_invariants(config, tmp_path, 2)
     if name == "ema":
         assert result["eval_ema"]["count"] == 10
+        assert set(result["fewshot"]) >= {"1shot", "2shot"} and 0 <= result["fewshot"]["2shot"] <= 1
     if name == "wise_ft":
         assert result["wise_ft_1"] == {k: result[k] for k in ("accuracy", "loss", "count")}
 

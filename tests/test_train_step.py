@@ -92,3 +92,29 @@ def test_eval_step_masks_padding():
     batch["mask"] = jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)
     out = jax.jit(make_eval_step(model))(state, batch)
     assert float(out["count"]) == 3
+
+
+def test_strategy_settings_that_cannot_work_are_errors():
+    import ml_collections
+    import pytest
+
+    from jtransfer.policy import NormEval, PolicyError
+    from jtransfer.train import _check_strategies
+
+    policy = Policy.from_pairs([("head/.*", "train"), (".*", {"start_step": 10})])
+    norm = NormEval.from_config([("backbone/.*", 12)])
+
+    def check(**fields):
+        _check_strategies(ml_collections.ConfigDict(fields), policy, norm, 20)
+
+    check(ema_decay=0.999, wise_ft_alphas=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"wise_ft_alphas must lie in \[0, 1\], got \[1.5, -0.1\]"):
+        check(wise_ft_alphas=(0.5, 1.5, -0.1))
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        check(ema_decay=1.0)
+    with pytest.raises(PolicyError, match=r"after the run's last step 9: '.\*' \(start_step 10\)"):
+        _check_strategies(ml_collections.ConfigDict(), policy, NormEval(), 10)
+    with pytest.raises(PolicyError, match=r"norm_eval 'backbone/.\*' \(until_step 12\)"):
+        _check_strategies(
+            ml_collections.ConfigDict(), Policy.from_pairs([(".*", "train")]), norm, 12
+        )
