@@ -30,6 +30,9 @@ With an accelerator it then times ResNet-50 and ViT-B/16 at 224 px in bfloat16 c
 prints model-FLOPs utilisation: 3 × XLA's forward FLOPs (the backward pass counted as twice the
 forward) per step, over the step time and the devices' dense bfloat16 peak (`PEAK_BF16_FLOPS`
 by device kind, or `--peak-tflops`).
+
+Measured (`scaling`, defaults: EfficientNet-Lite0, 64 px, global batch 32, 2 shared cores):
+    devices 1 / 2 / 4 / 8:  0.246 / 0.249 / 0.247 / 0.388 s/step,  130 / 128 / 130 / 83 img/s
 """
 
 from __future__ import annotations
@@ -282,16 +285,17 @@ def _train_step_rate(
     }
     images = jnp.zeros((1, resolution, resolution, 3))
     variables = jax.jit(lambda r: model.init(r, images, train=False))(jax.random.key(0))
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
     # the whole batch's forward FLOPs, compiled for one device (before the step donates them)
+    variables = {"params": params, "batch_stats": batch_stats}
     forward = cost.flops(cost.eval_step(model), variables, host_batch)
-    params = variables["params"]
     layout = sharding.param_shardings(params, DEFAULT_SHARDING_RULES, mesh)
     policy = Policy.from_pairs([(".*", "train")])
     mask = policy.trainable_mask(params)
     tx = optim.build_optimizer({"name": "sgd"}, optax.constant_schedule(0.01), policy, params)
     init = functools.partial(initial_state, tx=tx, mask=mask, phase=0, seed=0, ema=False)
-    shardings = layout.like(jax.eval_shape(init, params, variables.get("batch_stats", {})))
-    state = [jax.jit(init, out_shardings=shardings)(params, variables.get("batch_stats", {}))]
+    shardings = layout.like(jax.eval_shape(init, params, batch_stats))
+    state = [jax.jit(init, out_shardings=shardings)(params, batch_stats)]
     step = jax.jit(
         make_train_step(model, tx, mask),
         out_shardings=(shardings, sharding.replicated(mesh)),
