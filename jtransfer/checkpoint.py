@@ -71,6 +71,15 @@ def check_resume_config(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Non
         )
 
 
+# Orbax's default splits the writing of each replicated array among its replicas, which first
+# compiles a slicing program per array and device: 14 s for the first save of a Lite0 state on 8
+# CPU devices, against 0.7 s when one replica writes each shard (measured). The saved bytes are
+# the same either way.
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+)
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 2, asynchronous: bool = True):
         options = ocp.CheckpointManagerOptions(

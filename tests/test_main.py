@@ -22,20 +22,27 @@ def test_bad_config_argument(tmp_path):
 
 
 @pytest.mark.slow
-def test_eight_devices_give_the_losses_of_one(tmp_path, data_dir):
-    """Sharding must not change the math. The learning rate is lowered because float32
-    gradients of a network with train-mode BatchNorm are themselves only ~3e-3 accurate
-    (measured against float64, on 1 and on 8 devices alike); at the quickstart's 0.02 that
-    rounding, not the sharding, separates the trajectories by ~1e-3 at step 10."""
-    per_count = {}
-    for devices in (1, 8):
-        workdir = tmp_path / f"d{devices}"
-        out = run(
-            command(workdir, data_dir, "--config.total_steps=10", "--config.lr=0.002", *FAST),
-            devices,
-        )
+def test_eight_devices_and_an_fsdp_mesh_give_the_losses_of_one_device(tmp_path, data_dir):
+    """Sharding must not change the math: 1 device, 8 data-parallel devices, and 8 devices as
+    a data=2 x fsdp=4 mesh (sharded parameters: reduce-scatter instead of all-reduce; that run
+    also skips the prefetch thread, which must not change the batches). The learning rate is
+    lowered because float32 gradients of a network with train-mode BatchNorm are themselves only
+    ~3e-3 accurate (measured against float64, on 1 and on 8 devices alike); at the quickstart's
+    0.02 that rounding, not the sharding, separates the trajectories by ~1e-3 at step 10."""
+    runs = {
+        "1 device": (1, []),
+        "8 devices": (8, []),
+        "fsdp": (8, ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.prefetch=0"]),
+    }
+    per_run = {}
+    for name, (devices, overrides) in runs.items():
+        workdir = tmp_path / name.replace(" ", "_")
+        cmd = command(workdir, data_dir, "--config.total_steps=10", "--config.lr=0.002", *FAST)
+        out = run(cmd + overrides, devices)
         assert out.returncode == 0, out.stderr[-3000:]
-        per_count[devices] = losses(workdir)
-    assert len(per_count[1]) == 10
-    for a, b in zip(per_count[1], per_count[8], strict=True):
-        assert abs(a - b) <= 1e-4 * abs(a), per_count
+        per_run[name] = losses(workdir)
+    assert "mesh data=2 × fsdp=4 × model=1: " in out.stdout
+    assert len(per_run["1 device"]) == 10
+    for other in ("8 devices", "fsdp"):
+        for a, b in zip(per_run["1 device"], per_run[other], strict=True):
+            assert abs(a - b) <= 1e-4 * abs(a), per_run
