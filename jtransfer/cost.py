@@ -9,16 +9,16 @@ step function), so what they measure is what a run executes. Like `main`, this s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from jtransfer import optim
-from jtransfer.policy import Policy, select
-from jtransfer.train import make_eval_step, make_train_step
+from jtransfer.policy import Policy
+from jtransfer.train import initial_state, make_eval_step, make_train_step
 
 
 def step_and_state(
@@ -50,18 +50,10 @@ def step_and_state(
         step=step,
         decay_toward=decay_toward,
     )
+    init = functools.partial(initial_state, tx=tx, mask=mask, phase=0, seed=0, ema=ema_decay > 0)
+    batch_stats = variables.get("batch_stats", {})
     abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
-    state = {
-        "step": jnp.int32(0),
-        "phase": jnp.int32(0),
-        "params": params,
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": jax.eval_shape(tx.init, params) if abstract else tx.init(params),
-        "rng": jax.random.PRNGKey(0),
-    }
-    if ema_decay:
-        ema = select(params, mask)  # real arrays get their own buffers: the step donates them
-        state["ema_params"] = ema if abstract else jax.tree.map(jnp.copy, ema)
+    state = jax.eval_shape(init, params, batch_stats) if abstract else init(params, batch_stats)
     fn = make_train_step(model, tx, mask, ema_decay=ema_decay)
     return jax.jit(fn, donate_argnums=0), state
 

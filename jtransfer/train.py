@@ -298,15 +298,9 @@ def build_model(config, num_classes: int, norm_eval: str = ""):
 def wise_ft_start(start: dict, reinitialized: Iterable[str], final: dict) -> dict:
     """θ₀ of WiSE-FT: the starting variables, except that what the run initialised afresh (the
     new head) is taken from the final ones, so θ₀ = pretrained backbone with the run's head."""
-    out = {}
-    for collection, tree in final.items():
-        flat = flatten(tree)
-        prefix = collection + "/"
-        fresh = {
-            p[len(prefix) :]: flat[p[len(prefix) :]] for p in reinitialized if p.startswith(prefix)
-        }
-        out[collection] = overlay(start[collection], unflatten(fresh)) if flat else tree
-    return out
+    flat = flatten(final)
+    fresh = unflatten({path: flat[path] for path in reinitialized})
+    return {c: overlay(start[c], fresh.get(c, {})) for c in final}
 
 
 def interpolate(start: dict, final: dict, alpha: float) -> dict:
@@ -418,8 +412,9 @@ def train_and_evaluate(
     sharding.check_batch_size(eval_batch_size, mesh, name="eval_batch_size")
 
     pp_train, pp_eval = config.pp_train, config.pp_eval
-    image_batches = data.eval_batches(source, config.data.train_split, pp_train, eval_batch_size)
-    image_shape = next(iter(image_batches))["image"].shape[1:]
+    # One example per process tells the input shape the model is initialised for.
+    probe = data.eval_batches(source, config.data.train_split, pp_train, jax.process_count())
+    image_shape = next(iter(probe))["image"].shape[1:]
     model = build_model(config, source.num_classes)
     variables, manifest = initial_variables(
         model,
