@@ -117,3 +117,16 @@ def test_eval_visits_every_example_once(source, all_images, count):
     np.testing.assert_array_equal(masks, np.arange(len(masks)) < N)
     np.testing.assert_array_equal(images[:N], all_images)
     assert_batches_equal(list(shares[0]), per_process[0])  # re-iterable, same result
+
+
+@pytest.mark.parametrize(("start_step", "count"), [(0, 1), (5, 1), (4, 2)])
+def test_arrays_batch_like_the_images_they_stand_for(source, all_images, start_step, count):
+    """An ArraySource with no preprocessing (cached features) skips tf.data; its batches are
+    still those of the images, at any resume step and process share."""
+    labels = next(iter(data.eval_batches(source, "train", IDENTITY, N, process_count=1)))["label"]
+    arrays = data.ArraySource({"train": (all_images, labels)}, source.class_names)
+    for p in range(count):
+        share = {"start_step": start_step, "process_index": p, "process_count": count}
+        from_arrays = train(arrays, 8, pp="", **share)
+        assert_batches_equal(from_arrays, train(source, 8, pp=IDENTITY, **share))
+        assert {b["image"].dtype for b in from_arrays} == {np.dtype(np.float32)}

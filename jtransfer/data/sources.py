@@ -58,15 +58,20 @@ class ArraySource(Source):
 
     def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]):
         self._splits = {
-            split: (tf.constant(x), tf.constant(y, tf.int32)) for split, (x, y) in splits.items()
+            split: (np.asarray(x, np.float32), np.asarray(y, np.int32))
+            for split, (x, y) in splits.items()
         }
         self.class_names = list(class_names)
 
     def num_examples(self, split: str) -> int:
-        return int(self._splits[split][1].shape[0])
+        return len(self._splits[split][1])
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs float32 (n, ...), labels int32 (n,)) of `split`."""
+        return self._splits[split]
 
     def fetch_fn(self, split: str) -> FetchFn:
-        inputs, labels = self._splits[split]
+        inputs, labels = (tf.constant(a) for a in self._splits[split])
         return lambda i: {"image": tf.gather(inputs, i), "label": tf.gather(labels, i)}
 
 

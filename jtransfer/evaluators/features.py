@@ -32,9 +32,8 @@ def extract_features(
     jitted function with replicated output).
     """
     features, labels = [], []
-    for batch in batches:
-        batch = sharding.global_batch(batch, mesh)
-        out = feature_fn(batch["image"])
+
+    def gather(out: jax.Array, batch: Mapping[str, jax.Array]) -> None:
         # tiled=True: a global array comes back whole on every process, not stacked per process.
         out, label, mask = multihost_utils.process_allgather(
             (out, batch["label"], batch["mask"]), tiled=True
@@ -42,6 +41,17 @@ def extract_features(
         keep = np.asarray(mask) > 0
         features.append(np.asarray(out, np.float32)[keep])
         labels.append(np.asarray(label)[keep])
-    if not features:
+
+    # One batch in flight: batch k+1 is dispatched before batch k's features are waited for,
+    # so the input pipeline prepares k+2 while the device computes.
+    pending = None
+    for batch in batches:
+        batch = sharding.global_batch(batch, mesh)
+        out = feature_fn(batch["image"])
+        if pending:
+            gather(*pending)
+        pending = out, batch
+    if not pending:
         raise ValueError("no batches to extract features from")
+    gather(*pending)
     return np.concatenate(features), np.concatenate(labels)
