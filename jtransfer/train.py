@@ -597,11 +597,12 @@ def train_and_evaluate(
             for name, result in evaluations(state).items():
                 writer.write(step, {f"{name}/{k}": v for k, v in result.items()})
                 print(f"step {step:>6}: {name} {_summary(result)}", flush=True)
-        if ckpt_every and step % ckpt_every == 0 and step < total_steps:
+        # `reached` is asked at every step: on several hosts it is a collective sync point.
+        preempted = preemption and step < total_steps and preemption.reached(step)
+        if preempted or (ckpt_every and step % ckpt_every == 0 and step < total_steps):
             ckpt.save(step, state)
-        if preemption and step < total_steps and preemption.reached(step):
+        if preempted:
             train_iter.close()
-            ckpt.save(step, state)
             ckpt.close()
             writer.close()
             raise distributed.Preempted(step)

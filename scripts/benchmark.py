@@ -74,6 +74,8 @@ from jtransfer.policy import Policy
 from jtransfer.train import COMPUTE_DTYPES, DEFAULT_SHARDING_RULES, initial_state, make_train_step
 
 NUM_CLASSES = 1000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRANSFER_CONFIG = os.path.join(ROOT, "configs", "transfer.py")
 MODEL_NAME = "efficientnet_lite0"
 
 
@@ -398,13 +400,15 @@ def _probe_run(data: str, epochs: int, cached: bool, extra: list[str]) -> dict[s
             "-m",
             "jtransfer.main",
             f"--workdir={workdir}",
-            f"--config=configs/transfer.py:data={data},strategy=cached_probe,epochs={epochs}",
+            f"--config={TRANSFER_CONFIG}:data={data},strategy=cached_probe,epochs={epochs}",
             f"--config.cache_features={cached}",
             *extra,
         ]
         began = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - began
+        if out.returncode:
+            sys.exit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
         with open(os.path.join(workdir, "final_eval.json")) as f:
             final = json.load(f)
     return {"wall": wall, "train": final["train_seconds"], "accuracy": final["accuracy"]}
@@ -474,7 +478,9 @@ def main() -> None:
     probe.add_argument("--data", default="../shared/data/hymenoptera")
     probe.add_argument("--epochs", type=int, nargs="+", default=[10, 30, 100])
     probe.add_argument("--repeats", type=int, default=1)
-    probe.add_argument("extra", nargs="*", help="more --config.KEY=VALUE flags for both runs")
+    probe.add_argument(
+        "extra", nargs="*", help="after --: more --config.KEY=VALUE flags for both runs"
+    )
     probe.set_defaults(func=cmd_probe)
     args = parser.parse_args()
     args.func(args)

@@ -40,7 +40,9 @@ Batch = dict[str, np.ndarray]
 # which at times sleeps through the cancellation; measured at the end of training runs, 17-40 s
 # before the process could exit. A fixed parallelism (one decode per core) and two batches of
 # prefetch feed the train step as fast on this machine.
-_PARALLEL_CALLS = len(os.sched_getaffinity(0))
+_PARALLEL_CALLS = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 _OPTIONS = tf.data.Options()
 _OPTIONS.autotune.enabled = False
 
