@@ -1,5 +1,8 @@
 """Tests for jtransfer.pretrained.safetensors_reader and its use through `pretrained.load`."""
 
+import json
+import struct
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -42,6 +45,23 @@ def test_truncated_file_names_the_file(path, keep):
     data = path.read_bytes()
     path.write_bytes(data[:keep])
     with pytest.raises(SafetensorsFileError, match="weights.safetensors"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, nbytes", [("F8_E4M3", [2, 2], 4), ("F8_E5M2", [3], 3), ("F4", [4], 2)]
+)
+def test_low_precision_floats_name_the_file_and_dtype(tmp_path, dtype, shape, nbytes):
+    # The numpy backend has no type for these and raised numpy's AttributeError.
+    header = {
+        "bias": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "weight": {"dtype": dtype, "shape": shape, "data_offsets": [4, 4 + nbytes]},
+    }
+    text = json.dumps(header).encode()
+    path = tmp_path / "fp8.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(4 + nbytes))
+    message = rf"fp8\.safetensors: tensor 'weight' is stored as {dtype}, which numpy cannot hold"
+    with pytest.raises(SafetensorsFileError, match=message):
         read_state_dict(path)
 
 

