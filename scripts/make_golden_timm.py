@@ -5,10 +5,11 @@
 No pretrained weights are downloaded: each timm model is built with `pretrained=False` and loaded
 with `tests/seeded.py:seeded_state_dict(shapes, seed)`, numpy-generated in state-dict key order.
 A fixture stores that key -> shape table, the weight seed, the input seed and shape, and the
-reference logits; the parity tests regenerate weights and images from them, write the weights
-to a `.safetensors` file and load it through `jtransfer.pretrained.load`, so the fixture stays a
-few tens of KB. As a check of the `.pth` path, the weights are also saved with `torch.save` and
-must load through `jtransfer.pretrained.load` to the same tree.
+reference logits, once `seeded.assert_inputs_matter` has shown that they depend on the input;
+the parity tests regenerate weights and images from them, write the weights to a `.safetensors`
+file and load it through `jtransfer.pretrained.load`, so the fixture stays a few tens of KB. As
+a check of the `.pth` path, the weights are also saved with `torch.save` and must load through
+`jtransfer.pretrained.load` to the same tree.
 
 To add a family, add a `MODELS` entry (fixture name -> timm name, jtransfer model name).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ import timm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from seeded import seeded_images, seeded_state_dict  # noqa: E402
+from seeded import assert_inputs_matter, seeded_images, seeded_state_dict  # noqa: E402
 
 from jtransfer import pretrained  # noqa: E402
 
@@ -54,6 +56,17 @@ def _same_trees(a: dict, b: dict) -> bool:
     return np.array_equal(a, b)
 
 
+def forward(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """NHWC float32 images -> float32 logits of the torch (NCHW) `model` in eval mode."""
+
+    def logits(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+            return model.eval()(x).numpy().astype(np.float32)
+
+    return logits
+
+
 def make(name: str) -> None:
     timm_name, model = MODELS[name]
     reference = timm.create_model(timm_name, pretrained=False).eval()
@@ -68,9 +81,7 @@ def make(name: str) -> None:
         if not _same_trees(pretrained.load(str(st), model), pretrained.load(str(pth), model)):
             raise AssertionError(f"{name}: .pth and .safetensors load to different trees")
 
-    images = seeded_images(INPUT_SEED, INPUT_SHAPE)
-    with torch.no_grad():
-        logits = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    logits = assert_inputs_matter(name, forward(reference), seeded_images(INPUT_SEED, INPUT_SHAPE))
     print(f"{name}: logits std {logits.std():.3f}, max |logit| {np.abs(logits).max():.3f}")
 
     out = ROOT / "tests" / "golden" / f"{name}.npz"

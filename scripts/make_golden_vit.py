@@ -18,7 +18,9 @@ tests/vit_layouts.py (the timm one checked against timm), each with its own seed
 
 The npz layouts go through timm's loader, not through code of ours, so they check jtransfer's
 key map against an independent reading of the format. The fixture stores, per layout, the key
--> shape table, the weight seed and the logits, plus the input seeds and shapes: about 30 KB.
+-> shape table, the weight seed and the logits, plus the input seeds and shapes: about 35 KB.
+Every set of logits passes `seeded.assert_inputs_matter` (its two images apart, and RGB apart
+from BGR) before it is stored.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from make_golden_timm import ROOT  # defines the torchvision operators timm needs; sets sys.path
-from seeded import seeded_images, seeded_state_dict
+from make_golden_timm import ROOT, forward  # defines the operators timm needs; sets sys.path
+from seeded import assert_inputs_matter, seeded_images, seeded_state_dict
 from timm import create_model
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import _load_weights
@@ -40,15 +42,13 @@ from jtransfer.models.vit_spec import variant
 OUT = ROOT / "tests" / "golden" / "vit_s16.npz"
 TIMM_NAME = "vit_small_patch16_224"
 VARIANT = variant("vit_s16")
-INPUTS = {224: (1, (2, 224, 224, 3)), 384: (2, (1, 384, 384, 3))}  # resolution: (seed, shape)
+INPUTS = {224: (1, (2, 224, 224, 3)), 384: (2, (2, 384, 384, 3))}  # resolution: (seed, shape)
 WEIGHT_SEEDS = {"timm": 0, "vit_jax": 1, "big_vision": 2}
 
 
-def _logits(model: torch.nn.Module, resolution: int) -> np.ndarray:
+def _logits(model: torch.nn.Module, case: str, resolution: int) -> np.ndarray:
     seed, shape = INPUTS[resolution]
-    images = torch.from_numpy(seeded_images(seed, shape).transpose(0, 3, 1, 2).copy())
-    with torch.no_grad():
-        return model.eval()(images).numpy().astype(np.float32)
+    return assert_inputs_matter(f"{case} {resolution}", forward(model), seeded_images(seed, shape))
 
 
 def _timm_case(fixture: dict) -> None:
@@ -60,13 +60,13 @@ def _timm_case(fixture: dict) -> None:
         k: torch.from_numpy(v) for k, v in seeded_state_dict(shapes, WEIGHT_SEEDS["timm"]).items()
     }
     model.load_state_dict(weights)
-    fixture["timm/logits_224"] = _logits(model, 224)
+    fixture["timm/logits_224"] = _logits(model, "timm", 224)
 
     grid = 384 // VARIANT.patch
     weights["pos_embed"] = resample_abs_pos_embed(weights["pos_embed"], [grid, grid])
     model_384 = create_model(TIMM_NAME, pretrained=False, img_size=384)
     model_384.load_state_dict(weights)
-    fixture["timm/logits_384"] = _logits(model_384, 384)
+    fixture["timm/logits_384"] = _logits(model_384, "timm", 384)
     _store_table(fixture, "timm", shapes)
 
 
@@ -78,7 +78,7 @@ def _npz_case(fixture: dict, case: str) -> None:
         path = Path(tmp) / f"{case}.npz"
         np.savez(path, **seeded_state_dict(shapes, WEIGHT_SEEDS[case]))
         _load_weights(model, str(path))
-    fixture[f"{case}/logits_224"] = _logits(model, 224)
+    fixture[f"{case}/logits_224"] = _logits(model, case, 224)
     _store_table(fixture, case, shapes)
 
 

@@ -1,8 +1,9 @@
 """EfficientNet-Lite0 with the ImageNet weights against the torch reference, without torch.
 
 The fixture comes from scripts/make_golden_efficientnet_lite.py; the images are regenerated here
-from its seeds. The classification checks use skimage's sample photos with the preprocessing
-these weights were trained with (shorter side to 256, centre crop 224, (x - 127.5) / 127.5).
+from its seeds (`seeded.seeded_images`). The classification checks use skimage's sample photos
+with the preprocessing these weights were trained with (shorter side to 256, centre crop 224,
+(x - 127.5) / 127.5).
 """
 
 from pathlib import Path
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from seeded import TOLERANCE, seeded_images
 
 from jtransfer import pretrained
 from jtransfer.models import build_model
@@ -30,16 +32,12 @@ def classify(variables):
     return jax.jit(lambda x: model.apply(variables, x, train=False))
 
 
-def _images(seed: int, batch: int, resolution: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)
-
-
 def test_logits_match_reference(classify):
     golden = np.load(GOLDEN)
     for seed, batch, resolution in golden["cases"]:
-        logits = classify(jnp.asarray(_images(seed, batch, resolution)))
-        np.testing.assert_allclose(logits, golden[f"logits_{seed}"], rtol=0, atol=1e-3)
+        images = seeded_images(int(seed), (int(batch), int(resolution), int(resolution), 3))
+        logits = classify(jnp.asarray(images))
+        np.testing.assert_allclose(logits, golden[f"logits_{seed}"], rtol=0, atol=TOLERANCE)
 
 
 def _preprocess(image: np.ndarray) -> np.ndarray:

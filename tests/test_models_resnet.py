@@ -9,7 +9,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from seeded import load_golden
+from seeded import TOLERANCE, load_golden
 
 from jtransfer.models import build_model
 from jtransfer.models import resnet_spec as spec
@@ -107,7 +107,7 @@ def test_logits_match_timm(tmp_path):
     variables, images, expected = load_golden("resnet50", tmp_path)
     model = build_model("resnet50", 1000)
     logits = jax.jit(functools.partial(model.apply, train=False))(variables, images)
-    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=TOLERANCE)
 
 
 def test_computation_dtype():

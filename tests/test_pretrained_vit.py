@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
-from seeded import seeded_images, seeded_state_dict, shape_table
+from seeded import TOLERANCE, seeded_images, seeded_state_dict, shape_table
 from vit_layouts import LAYOUTS, layout_shapes, npz_shapes, timm_shapes
 
 from jtransfer import pretrained
@@ -74,7 +74,7 @@ def test_timm_logits_match_reference_at_224_and_384(classify, tmp_path):
         assert manifest["resampled"] == resampled
         logits = apply(variables, _images(resolution))
         expected = GOLDEN[f"timm/logits_{resolution}"]
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("case", ["vit_jax", "big_vision"])
@@ -84,7 +84,7 @@ def test_npz_logits_match_timm_reading_them(classify, tmp_path, case):
     variables, manifest = _graft_onto(model, loaded, 224)
     assert not manifest["resampled"]
     logits = apply(variables, _images(224))
-    np.testing.assert_allclose(logits, GOLDEN[f"{case}/logits_224"], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(logits, GOLDEN[f"{case}/logits_224"], rtol=0, atol=TOLERANCE)
 
 
 def test_class_token_position_is_folded_into_the_token():
