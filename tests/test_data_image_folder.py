@@ -7,10 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+from shared_data import shared_data
 
 from jtransfer import data
 
-HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 PP = "decode|resize(8)|value_range(0, 1)"
 
 
@@ -77,9 +77,8 @@ def test_val_class_unknown_to_train_is_an_error(folder):
         data.build_source(config(folder))
 
 
-@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="hymenoptera not present")
 def test_hymenoptera_loads_every_file():
-    source = data.build_source(config(HYMENOPTERA))
+    source = data.build_source(config(shared_data("hymenoptera")))
     assert source.class_names == ["ants", "bees"]
     # 243 .jpg + formica.jpeg + imageNotFound.gif; the README's table counts 124 ants, 121 bees.
     assert (source.num_examples("train"), source.num_examples("val")) == (245, 153)
@@ -87,3 +86,44 @@ def test_hymenoptera_loads_every_file():
     batches = data.eval_batches(source, "train", PP, 128, process_index=0, process_count=1)
     labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
     np.testing.assert_array_equal(np.bincount(labels), [124, 121])
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"),
+    [("true", pytest.fail.Exception), ("", pytest.skip.Exception), ("1", pytest.skip.Exception)],
+)
+def test_missing_shared_data_skips_and_fails_under_ci(monkeypatch, tmp_path, ci, outcome):
+    monkeypatch.setattr("shared_data.SHARED_DATA", tmp_path)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=f"data set 'hymenoptera' missing: .*{tmp_path}"):
+        shared_data("hymenoptera")
+
+
+def test_one_class_is_refused(folder):
+    (folder / "train" / "ants" / "broken.jpg").unlink()
+    for image in (folder / "train" / "bees").iterdir():
+        image.unlink()
+    (folder / "train" / "bees").rmdir()
+    with pytest.raises(data.DataError, match=r"has 1 class\(es\) \['ants'\]; a classifier needs"):
+        data.build_source(config(folder))
+
+
+def test_class_without_training_images_is_refused_by_name(folder):
+    (folder / "train" / "ants" / "broken.jpg").unlink()
+    (folder / "train" / "wasps").mkdir()  # would silently become a third output of the head
+    with pytest.raises(data.DataError, match=r"classes \['wasps'\] have no training images"):
+        data.build_source(config(folder))
+
+
+def test_empty_eval_split_fails_the_startup_check(folder):
+    (folder / "val" / "bees" / "f.png").unlink()
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        source = data.build_source(config(folder, on_bad_image="skip"))
+    source.check_split("train")
+    with pytest.raises(
+        data.DataError,
+        match=r"split 'val' of image folder .* no examples; its splits: \['train', 'val'\]",
+    ):
+        source.check_split("val")
+    with pytest.raises(data.DataError, match=r"split 'test' was not loaded .* \['train', 'val'\]"):
+        source.check_split("test")

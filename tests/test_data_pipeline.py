@@ -11,6 +11,7 @@ from jtransfer import data
 N = 37  # not a multiple of any global batch below
 AUGMENT = "decode|inception_crop(8)|flip_lr|random_crop(6)|value_range(-1, 1)"
 IDENTITY = "decode|value_range(0, 255)"
+CROP_FLIP = "decode|random_crop(6)|flip_lr|value_range(0, 255)"
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,32 @@ def test_epochs_follow_the_seeded_permutation(source, all_images):
         order = np.random.default_rng([3, epoch]).permutation(N)
         np.testing.assert_array_equal(batch["image"], all_images[order[k * g : (k + 1) * g]])
         assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+
+
+def test_augmented_examples_are_views_of_their_images(source, all_images):
+    """Each example is a 6 x 6 window of its image (found by search), mirrored or not; both
+    happen and the windows' places vary. The same seed gives the same batches again."""
+    g, steps_per_epoch = 6, N // 6
+    batches = train(source, steps_per_epoch, pp=CROP_FLIP, seed=3)
+    assert_batches_equal(train(source, steps_per_epoch, pp=CROP_FLIP, seed=3), batches)
+    order = np.random.default_rng([3, 0]).permutation(N)
+    found = []  # (mirrored, y, x) of each example, the window's corner in the image
+    for k, batch in enumerate(batches):
+        for view, index in zip(batch["image"], order[k * g : (k + 1) * g], strict=True):
+            image, last_x = all_images[index], 10 - 6  # the rightmost window's x
+            matches = [
+                (mirrored, int(y), int(last_x - x if mirrored else x))
+                for mirrored, candidate in ((False, image), (True, image[:, ::-1]))
+                for y, x in np.argwhere(
+                    (np.lib.stride_tricks.sliding_window_view(candidate, view.shape) == view)
+                    .all(axis=(-3, -2, -1))
+                    .squeeze(-1)
+                )
+            ]
+            assert len(matches) == 1, (k, index, matches)  # noise: no window repeats
+            found.append(matches[0])
+    assert {m for m, _, _ in found} == {False, True}
+    assert len({(y, x) for _, y, x in found}) > 1
 
 
 def test_resume_at_any_step_yields_the_tail(source):

@@ -9,8 +9,8 @@ from jtransfer import data
 IMAGE = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
 
 
-def run(pp: str, seed=(0, 0)) -> np.ndarray:
-    features = {"image": tf.io.encode_png(IMAGE), "_seed": tf.constant(seed, tf.int64)}
+def run(pp: str, seed=(0, 0), image: np.ndarray = IMAGE) -> np.ndarray:
+    features = {"image": tf.io.encode_png(image), "_seed": tf.constant(seed, tf.int64)}
     return data.parse_pp(pp)(features)["image"].numpy()
 
 
@@ -46,6 +46,57 @@ def test_resize_keeps_a_constant_image_constant():
     constant = np.full((20, 30, 3), 77, np.uint8)
     out = data.parse_pp("resize(9)")({"image": tf.constant(constant)})["image"].numpy()
     assert (out == 77).all()
+
+
+SEEDS = [(7, s) for s in range(16)]
+
+
+def windows(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Every h x w window of `image`, indexed [y, x]."""
+    return np.lib.stride_tricks.sliding_window_view(image, (h, w, 3))[:, :, 0]
+
+
+def views(pp: str, image: np.ndarray = IMAGE) -> list[np.ndarray]:
+    """`pp`'s output at each of SEEDS, after checking that a seed repeats its view."""
+    outputs = [run(pp, seed, image) for seed in SEEDS]
+    for seed, out in zip(SEEDS, outputs, strict=True):
+        np.testing.assert_array_equal(run(pp, seed, image), out)
+    return outputs
+
+
+def test_flip_lr_mirrors_the_image_or_keeps_it():
+    mirrored = []
+    for out in views("decode|flip_lr"):
+        mirrored.append(np.array_equal(out, IMAGE[:, ::-1]))
+        if not mirrored[-1]:
+            np.testing.assert_array_equal(out, IMAGE)
+    assert set(mirrored) == {True, False}
+
+
+def test_random_crop_is_a_window_of_the_input():
+    positions = set()
+    for out in views("decode|random_crop((4, 5))"):
+        matches = np.argwhere((windows(IMAGE, 4, 5) == out).all(axis=(2, 3, 4)))
+        assert len(matches) == 1, matches  # the noise image has no repeated 4 x 5 window
+        positions.add(tuple(matches[0]))
+    assert len(positions) > 1
+
+
+def test_inception_crop_is_a_resized_window_of_the_input():
+    image = np.ascontiguousarray(IMAGE[:8, :10])  # small enough to try every window
+    resize = data.parse_pp("resize(6)")
+    candidates = {}  # (y, x, h, w) -> the window resized by the `resize` op
+    for h, w in np.ndindex(8, 10):
+        h, w = h + 1, w + 1
+        resized = resize({"image": tf.constant(windows(image, h, w).reshape(-1, h, w, 3))})
+        for (y, x), out in zip(np.ndindex(9 - h, 11 - w), resized["image"].numpy(), strict=True):
+            candidates[y, x, h, w] = out
+    boxes = set()
+    for out in views("decode|inception_crop(6)", image):
+        matches = [box for box, resized in candidates.items() if np.array_equal(resized, out)]
+        assert matches, "not a resized window"
+        boxes.add(matches[0])
+    assert len(boxes) > 1
 
 
 def test_random_ops_are_functions_of_the_seed():

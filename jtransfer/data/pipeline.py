@@ -13,9 +13,15 @@ padded with copies of a real example under mask 0, so every process runs the sam
 same-shaped batches.
 
 The indices feed a `tf.data` pipeline: fetch by index from the source, preprocess in a parallel
-(deterministic) map, batch, prefetch, yield numpy. Training batches of an `ArraySource` with no
-preprocessing (cached features) skip `tf.data` and are gathered with numpy from the same
-indices: a per-example map costs milliseconds per batch, more than the head step they feed.
+(deterministic) map, batch, prefetch, yield numpy. A batch holds 'image' float32 (b, H, W, 3)
+and the source's other features after preprocessing: 'label' int32 (b,), 'segmentation' int32
+(b, H, W) with the source's ignore label where pixels do not count (padding included),
+'boxes' float32 (b, M, 4) and 'classes' int32 (b, M) with -1 in padding slots (`pad_boxes(M)`
+makes M static; without it the batch cannot form, which is an error naming the op).
+
+Training batches of an `ArraySource` with no preprocessing (cached features) skip `tf.data` and
+are gathered with numpy from the same indices: a per-example map costs milliseconds per batch,
+more than the head step they feed.
 """
 
 import os
@@ -25,8 +31,10 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from jtransfer.data.base import IGNORE_LABEL, DataError, FetchFn, Source
+from jtransfer.data.geometry import PAD_LABEL
 from jtransfer.data.preprocess import parse_pp
-from jtransfer.data.sources import ArraySource, FetchFn, Source
+from jtransfer.data.sources import ArraySource
 
 try:
     # TF only feeds the host; on a GPU build it would otherwise reserve GPU memory JAX needs.
@@ -58,16 +66,18 @@ def train_batches(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[Batch]:
-    """Endless batches {'image', 'label'} of this process's share, from global step `start_step`.
+    """Endless batches of this process's share, from global step `start_step`.
 
     `image` is float32 (b, H, W, 3) whatever the pp (its `value_range` op picks the scale),
-    `label` int32 (b,), b = global_batch_size // process_count.
+    `label` int32 (b,) (or the source's other features), b = global_batch_size // process_count.
     """
     p, b = _process_share(global_batch_size, process_index, process_count)
     n = source.num_examples(split)
     steps_per_epoch = n // global_batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"split {split!r} has {n} examples, fewer than one global batch")
+        raise DataError(
+            f"split {split!r} has {n} examples, fewer than one global batch of {global_batch_size}"
+        )
 
     def indices() -> Iterator[dict[str, np.ndarray]]:
         step = start_step
@@ -90,7 +100,7 @@ def train_batches(
     dataset = tf.data.Dataset.from_generator(
         indices, output_signature={"index": spec, "step": spec, "pos": spec}
     )
-    return _batched(dataset.unbatch(), source.fetch_fn(split), pp, seed, b).as_numpy_iterator()
+    return _batched(dataset.unbatch(), source, split, pp, seed, b).as_numpy_iterator()
 
 
 class EvalBatches:
@@ -118,6 +128,7 @@ def eval_batches(
 ) -> EvalBatches:
     """Every example of `split` once, in order, padded to whole global batches (mask 0)."""
     p, b = _process_share(global_batch_size, process_index, process_count)
+    source.check_split(split)
     n = source.num_examples(split)
     num_batches = -(-n // global_batch_size)
     position = np.arange(num_batches * global_batch_size).reshape(num_batches, -1)
@@ -129,7 +140,7 @@ def eval_batches(
         "mask": (position < n).astype(np.float32),
     }
     dataset = tf.data.Dataset.from_tensor_slices(examples)
-    return EvalBatches(_batched(dataset, source.fetch_fn(split), pp, 0, b), num_batches)
+    return EvalBatches(_batched(dataset, source, split, pp, 0, b), num_batches)
 
 
 def _process_share(
@@ -139,18 +150,22 @@ def _process_share(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if global_batch_size % count:
-        raise ValueError(
+        raise DataError(
             f"global batch size {global_batch_size} is not divisible by process count {count}"
         )
     if not 0 <= index < count:
-        raise ValueError(f"process index {index} is not in [0, {count})")
+        raise DataError(f"process index {index} is not in [0, {count})")
     return index, global_batch_size // count
 
 
-def _batched(dataset: tf.data.Dataset, fetch: FetchFn, pp: str, seed: int, b: int):
+def _batched(
+    dataset: tf.data.Dataset, source: Source, split: str, pp: str, seed: int, b: int
+) -> tf.data.Dataset:
     """Per-example {'index', 'step', 'pos'[, 'mask']} -> preprocessed batches of b."""
+    fetch: FetchFn = source.fetch_fn(split)
     preprocess = parse_pp(pp)
     seed = tf.constant(seed, tf.int64)
+    ignore_label = getattr(source, "ignore_label", IGNORE_LABEL)
 
     def example(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         features = fetch(ex["index"])
@@ -159,9 +174,18 @@ def _batched(dataset: tf.data.Dataset, fetch: FetchFn, pp: str, seed: int, b: in
         )
         out = {k: v for k, v in preprocess(features).items() if not k.startswith("_")}
         out["image"] = tf.cast(out["image"], tf.float32)
+        if "segmentation" in out:
+            mask = tf.squeeze(tf.cast(out["segmentation"], tf.int32), -1)
+            out["segmentation"] = tf.where(mask == PAD_LABEL, ignore_label, mask)
         if "mask" in ex:
             out["mask"] = ex["mask"]
         return out
 
     dataset = dataset.map(example, num_parallel_calls=_PARALLEL_CALLS, deterministic=True)
+    spec = dataset.element_spec
+    if "boxes" in spec and spec["boxes"].shape[0] is None:
+        raise DataError(
+            f"examples of {source.describe()} carry a varying number of boxes, which cannot be "
+            f"batched: end the pp {pp!r} with pad_boxes(M), M the most boxes an image keeps"
+        )
     return dataset.batch(b, drop_remainder=True).prefetch(2).with_options(_OPTIONS)

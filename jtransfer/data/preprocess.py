@@ -3,7 +3,9 @@
 A pp string is the whole description of preprocessing in a config, so ablations change it as
 text. `PREPROCESS_OPS` maps each op name to a factory; the factory is called with the arguments
 written in the string (parsed with `ast.literal_eval`) and returns a function from a feature dict
-to a feature dict, traced inside a `tf.data` map.
+to a feature dict, traced inside a `tf.data` map. This module holds the registry, the parser and
+the ops that touch one feature (`decode`, `value_range`, `normalize`, `pad_boxes`); the ops that
+move pixels, and with them masks and boxes, are in `geometry`.
 
 Images stay uint8 from `decode` through resizes, crops and flips (a resize rounds back to the
 input dtype, as in big_vision), so `value_range` has a single input scale, [0, 255].
@@ -19,6 +21,8 @@ import difflib
 from collections.abc import Callable
 
 import tensorflow as tf
+
+from jtransfer.data.base import DataError
 
 Features = dict[str, tf.Tensor]
 Op = Callable[[Features], Features]
@@ -45,7 +49,7 @@ def parse_pp(pp: str) -> Op:
         try:
             ops.append(_factory(name, pp)(*args, **kwargs))
         except TypeError as e:
-            raise ValueError(f"bad arguments in preprocessing op {spec!r}: {e}") from e
+            raise DataError(f"bad arguments in preprocessing op {spec!r}: {e}") from None
 
     def apply(features: Features) -> Features:
         for op in ops:
@@ -76,15 +80,15 @@ def _parse_op(spec: str) -> tuple[str, tuple, dict]:
             args = tuple(ast.literal_eval(a) for a in expr.args)
             return expr.func.id, args, {k.arg: ast.literal_eval(k.value) for k in expr.keywords}
     except (SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot parse preprocessing op {spec!r}: {e}") from e
-    raise ValueError(f"cannot parse preprocessing op {spec!r}: expected `name` or `name(args)`")
+        raise DataError(f"cannot parse preprocessing op {spec!r}: {e}") from None
+    raise DataError(f"cannot parse preprocessing op {spec!r}: expected `name` or `name(args)`")
 
 
 def _factory(name: str, pp: str) -> Callable[..., Op]:
     if name not in PREPROCESS_OPS:
         close = difflib.get_close_matches(name, PREPROCESS_OPS)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(
+        raise DataError(
             f"unknown preprocessing op {name!r} in {pp!r}.{hint} "
             f"Valid ops: {', '.join(sorted(PREPROCESS_OPS))}"
         )
@@ -95,94 +99,10 @@ def _on_image(fn: Callable[[tf.Tensor], tf.Tensor]) -> Op:
     return lambda features: {**features, "image": fn(features["image"])}
 
 
-def _on_image_with_seed(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Op:
-    def op(features: Features) -> Features:
-        seed, rest = tf.unstack(tf.random.experimental.stateless_split(features["_seed"], num=2))
-        return {**features, "image": fn(features["image"], seed), "_seed": rest}
-
-    return op
-
-
-def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def _resize(image: tf.Tensor, hw) -> tf.Tensor:
-    resized = tf.image.resize(image, hw, method="bilinear", antialias=True)
-    if image.dtype.is_integer:
-        resized = tf.round(resized)
-    return tf.saturate_cast(resized, image.dtype)
-
-
 @register_op("decode", random=False)
 def decode() -> Op:
     """JPEG/PNG/GIF/BMP/WebP bytes -> uint8 (H, W, 3): gray made RGB, a GIF's first frame."""
     return _on_image(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False))
-
-
-@register_op("resize", random=False)
-def resize(size: int | tuple[int, int]) -> Op:
-    """Resize to `size` (int: square, or (h, w)); bilinear with antialiasing."""
-    return _on_image(lambda image: _resize(image, _hw(size)))
-
-
-@register_op("resize_small", random=False)
-def resize_small(size: int) -> Op:
-    """Resize so that the shorter side is `size`, keeping the aspect ratio."""
-
-    def fn(image: tf.Tensor) -> tf.Tensor:
-        hw = tf.cast(tf.shape(image)[:2], tf.float32)
-        return _resize(image, tf.cast(tf.round(hw * size / tf.reduce_min(hw)), tf.int32))
-
-    return _on_image(fn)
-
-
-@register_op("central_crop", random=False)
-def central_crop(size: int | tuple[int, int]) -> Op:
-    """Crop the central `size` (int or (h, w)) window."""
-    h, w = _hw(size)
-
-    def fn(image: tf.Tensor) -> tf.Tensor:
-        shape = tf.shape(image)
-        return tf.image.crop_to_bounding_box(image, (shape[0] - h) // 2, (shape[1] - w) // 2, h, w)
-
-    return _on_image(fn)
-
-
-@register_op("random_crop", random=True)
-def random_crop(size: int | tuple[int, int]) -> Op:
-    """Crop a `size` (int or (h, w)) window at a random position."""
-    h, w = _hw(size)
-    return _on_image_with_seed(
-        lambda image, seed: tf.image.stateless_random_crop(image, [h, w, tf.shape(image)[2]], seed)
-    )
-
-
-@register_op("inception_crop", random=True)
-def inception_crop(
-    size: int | tuple[int, int], area_min: float = 0.05, area_max: float = 1.0
-) -> Op:
-    """Random resized crop: a window of random area fraction and aspect ratio, resized to `size`."""
-
-    def fn(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
-            bounding_boxes=tf.zeros([0, 0, 4]),
-            seed=seed,
-            area_range=(area_min, area_max),
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            min_object_covered=0,
-            use_image_if_no_bounding_boxes=True,
-        )
-        return _resize(tf.slice(image, begin, crop_size), _hw(size))
-
-    return _on_image_with_seed(fn)
-
-
-@register_op("flip_lr", random=True)
-def flip_lr() -> Op:
-    """Mirror left-right with probability 1/2."""
-    return _on_image_with_seed(tf.image.stateless_random_flip_left_right)
 
 
 @register_op("value_range", random=False)
@@ -200,15 +120,36 @@ def normalize(mean: float | tuple[float, ...], std: float | tuple[float, ...]) -
     A uint8 image is an error rather than normalised on the [0, 255] scale by mistake.
     """
     if any(s <= 0 for s in tf.nest.flatten(std)):
-        raise ValueError(f"normalize: std must be positive, got {std}")
+        raise DataError(f"normalize: std must be positive, got {std}")
     mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
 
     def fn(image: tf.Tensor) -> tf.Tensor:
         if not image.dtype.is_floating:
-            raise ValueError(
+            raise DataError(
                 f"normalize needs a float image, got {image.dtype.name}: put value_range(0, 1) "
                 "before it"
             )
         return (image - mean_t) / std_t
 
     return _on_image(fn)
+
+
+@register_op("pad_boxes", random=False)
+def pad_boxes(max_boxes: int) -> Op:
+    """Boxes and classes to a fixed count, so that detection examples batch: the first
+    `max_boxes` objects, padded with zero boxes of class -1. Goes last in a pp, after the ops
+    that move or drop boxes. An example without boxes (an image to predict on) passes as is,
+    so training and prediction share `pp_eval`."""
+
+    def op(features: Features) -> Features:
+        if "boxes" not in features:
+            return features
+        boxes, classes = features["boxes"][:max_boxes], features["classes"][:max_boxes]
+        room = max_boxes - tf.shape(classes)[0]
+        boxes = tf.pad(boxes, [[0, room], [0, 0]])
+        classes = tf.pad(classes, [[0, room]], constant_values=-1)
+        boxes.set_shape([max_boxes, 4])
+        classes.set_shape([max_boxes])
+        return {**features, "boxes": boxes, "classes": classes}
+
+    return op
