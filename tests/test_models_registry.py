@@ -1,5 +1,6 @@
 import pytest
 
+from jtransfer.errors import JTransferError
 from jtransfer.models import MODELS, build_model
 from jtransfer.models.efficientnet_lite import EfficientNetLite
 from jtransfer.models.heads import ImageClassifier
@@ -29,13 +30,13 @@ def test_unknown_name_lists_valid_ones_and_close_matches():
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(TypeError, match=r"unknown options \['norm_evl'\].*norm_eval"):
+    with pytest.raises(JTransferError, match=r"unknown options \['norm_evl'\].*norm_eval"):
         build_model("efficientnet_lite0", 10, norm_evl="stem")
 
 
 def test_options_are_the_familys_own():
     assert build_model("resnet50", 3, norm_eval="stem").backbone.norm_eval == "stem"
-    with pytest.raises(TypeError, match=r"unknown options \['depthwise_impl'\]"):
+    with pytest.raises(JTransferError, match=r"unknown options \['depthwise_impl'\]"):
         build_model("resnet50", 3, depthwise_impl="native")
-    with pytest.raises(TypeError, match=r"unknown options \['norm_eval'\]"):
+    with pytest.raises(JTransferError, match=r"unknown options \['norm_eval'\]"):
         build_model("bit_r50x1", 3, norm_eval="stem")  # GroupNorm: no statistics to freeze

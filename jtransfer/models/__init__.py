@@ -1,7 +1,11 @@
 """Model registry: a plain dict from name to a builder returning an `ImageClassifier`.
 
-`build_model` is the only entry point the trainer uses; builders take `num_classes` plus the
-backbone's keyword options, so a config can pass them through without knowing the family.
+`build_model` is the classifier's entry point; builders take `num_classes` plus the backbone's
+keyword options, so a config can pass them through without knowing the family.
+`build_segmenter` and `build_detector` build the dense models (`dense.DenseModel`) on the same
+backbones, with the same backbone options, plus the options of `dense.segmenter` /
+`dense.detector` (channels, strides, ...); `feature_levels` says which backbone stage feeds
+which stride of their feature pyramid.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from jtransfer.models import bit_spec, efficientnet_lite_spec, resnet_spec, vit_spec
+from jtransfer.errors import JTransferError
+from jtransfer.models import bit_spec, dense, efficientnet_lite_spec, resnet_spec, vit_spec
 from jtransfer.models.bit import BiT
+from jtransfer.models.dense import DenseModel
 from jtransfer.models.efficientnet_lite import EfficientNetLite
 from jtransfer.models.heads import ClassificationHead, ImageClassifier
 from jtransfer.models.resnet import ResNet
@@ -77,7 +83,7 @@ def _known(name: str) -> None:
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}.{hint}")
+        raise JTransferError(f"unknown model {name!r}; valid: {sorted(MODELS)}.{hint}")
 
 
 def stage_names(name: str) -> list[str]:
@@ -98,11 +104,15 @@ def has_batch_norm(name: str) -> bool:
     return "norm_eval" in inspect.signature(BACKBONES[name]).parameters
 
 
-def _check_kwargs(name: str, kwargs: dict) -> None:
-    allowed = {"dropout_rate"} | set(inspect.signature(BACKBONES[name]).parameters) - {"variant"}
+def _check_kwargs(
+    name: str, kwargs: dict, own: frozenset[str] = frozenset({"dropout_rate"})
+) -> None:
+    allowed = own | set(inspect.signature(BACKBONES[name]).parameters) - {"variant"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise TypeError(f"model {name!r} got unknown options {unknown}; valid: {sorted(allowed)}")
+        raise JTransferError(
+            f"model {name!r} got unknown options {unknown}; valid: {sorted(allowed)}"
+        )
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> ImageClassifier:
@@ -110,3 +120,36 @@ def build_model(name: str, num_classes: int, **kwargs) -> ImageClassifier:
     _known(name)
     _check_kwargs(name, kwargs)
     return MODELS[name](num_classes, **kwargs)
+
+
+def feature_levels(name: str, patch_size: int | None = None) -> dict[int, str]:
+    """Stride -> the backbone stage (a key of `return_stages=True`) that a feature pyramid reads
+    at that stride: strides 4, 8, 16, 32 for the CNNs, the patch size (`patch_size` where the
+    model overrides the variant's) for ViT."""
+    _known(name)
+    if _SPECS[name] is vit_spec:
+        return vit_spec.feature_levels(name, patch_size)
+    return _SPECS[name].feature_levels(name)
+
+
+def _build_dense(build: Callable[..., DenseModel], name: str, num_classes: int, kwargs: dict):
+    """`build(backbone, levels, num_classes, **own options)`: kwargs split between `build`'s
+    keyword options and the backbone's fields; `dtype` goes to both."""
+    _known(name)
+    own = {p.name for p in inspect.signature(build).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    _check_kwargs(name, kwargs, frozenset(own))
+    dense_kwargs = {k: kwargs.pop(k) for k in own & set(kwargs) if k != "dtype"}
+    if "dtype" in kwargs:
+        dense_kwargs["dtype"] = kwargs["dtype"]
+    levels = feature_levels(name, kwargs.get("patch_size"))
+    return build(BACKBONES[name](name, **kwargs), levels, num_classes, **dense_kwargs)
+
+
+def build_segmenter(name: str, num_classes: int, **kwargs) -> DenseModel:
+    """Backbone `name` -> feature pyramid -> semantic segmentation head (`dense.segmenter`)."""
+    return _build_dense(dense.segmenter, name, num_classes, kwargs)
+
+
+def build_detector(name: str, num_classes: int, **kwargs) -> DenseModel:
+    """Backbone `name` -> feature pyramid -> FCOS detection head (`dense.detector`)."""
+    return _build_dense(dense.detector, name, num_classes, kwargs)

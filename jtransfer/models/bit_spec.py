@@ -18,6 +18,7 @@ from jtransfer.models.resnet_spec import (
     WIDTHS,
     StageSpec,
     blocks_of,
+    levels_of,
 )
 
 
@@ -74,3 +75,11 @@ def stage_names(name: str) -> list[str]:
 def layer_names(name: str) -> list[str]:
     """Backbone subtrees at block granularity, input to output (for layer-wise lr decay)."""
     return ["stem", *block_names(name), "norm"]
+
+
+def feature_levels(name: str) -> dict[int, str]:
+    """Stride (4, 8, 16, 32) -> the stage whose output a feature pyramid reads there: ResNet's
+    stages, except that stride 32 reads `norm` (stage 4 normalised: the only map a
+    pre-activation network normalises, and every parameter is then used)."""
+    levels = levels_of(stages(name))
+    return {**levels, max(levels): "norm"}

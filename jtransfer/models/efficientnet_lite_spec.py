@@ -110,3 +110,15 @@ def stage_names(name: str) -> list[str]:
 def layer_names(name: str) -> list[str]:
     """Backbone subtrees at block granularity, input to output (for layer-wise lr decay)."""
     return ["stem", *block_names(name), "top"]
+
+
+def feature_levels(name: str) -> dict[int, str]:
+    """Stride (4, 8, 16, 32) -> the stage whose output a feature pyramid reads there: the last
+    stage at that stride, and at 32 `top`, the 1x1 convolution after stage 7 (so that a dense
+    model uses every backbone parameter)."""
+    stride, levels = 2, {}  # the stem strides by 2
+    for s, spec in enumerate(stages(name), start=1):
+        stride *= spec.stride
+        levels[stride] = f"stage{s}"
+    levels[stride] = "top"
+    return {k: v for k, v in levels.items() if k >= 4}

@@ -91,3 +91,17 @@ def stage_names(name: str) -> list[str]:
 def layer_names(name: str) -> list[str]:
     """Backbone subtrees at block granularity, input to output (for layer-wise lr decay)."""
     return ["stem", *block_names(name)]
+
+
+def levels_of(specs: list[StageSpec]) -> dict[int, str]:
+    """Stride (4, 8, 16, 32) -> `stageS`, the stage whose output a feature pyramid reads there."""
+    stride, levels = 4, {}  # the stem's convolution and max-pool stride by 4
+    for s, spec in enumerate(specs, start=1):
+        stride *= spec.stride
+        levels[stride] = f"stage{s}"
+    return levels
+
+
+def feature_levels(name: str) -> dict[int, str]:
+    """Stride (4, 8, 16, 32) -> the stage whose output a feature pyramid reads there."""
+    return levels_of(stages(name))

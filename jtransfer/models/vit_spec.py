@@ -51,3 +51,9 @@ def stage_names(name: str) -> list[str]:
 def layer_names(name: str) -> list[str]:
     """The units of layer-wise learning-rate decay, input to output; for ViT the stages."""
     return stage_names(name)
+
+
+def feature_levels(name: str, patch_size: int | None = None) -> dict[int, str]:
+    """Stride -> stage for a feature pyramid: the one map, the final `norm`'s patch tokens, at
+    the patch stride (the variant's, or `patch_size` where the model overrides it)."""
+    return {patch_size or variant(name).patch: "norm"}
