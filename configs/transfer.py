@@ -9,9 +9,11 @@ Arguments (`:key=value,...`):
   strategy  one of STRATEGIES below (default full)
   res       input resolution
   epochs, batch, lr   training length, global batch size, peak learning rate
+  fewshot   shots of the few-shot ridge evaluator run beside accuracy, e.g. [1,5,10]; []: off
   and each strategy's knob: stages, unfreeze (epochs), lp_epochs, llrd, l2sp, ema, alphas
 
 Strategies (each keeps every frozen parameter and BatchNorm statistic bit-identical):
+  scratch        train everything from a random initialisation (the baseline transfer must beat)
   full           fine-tune everything
   linear_probe   train only the head, backbone BatchNorm in inference mode
   cached_probe   the same, on backbone features computed once (deterministic preprocessing)
@@ -35,9 +37,7 @@ CPU cores (other jobs running, so times are upper bounds):
 
 import os
 
-import ml_collections
-
-from jtransfer import config_args, presets
+from jtransfer import base_config, config_args, presets
 
 DEFAULTS = {
     "model": "efficientnet_lite0",
@@ -47,52 +47,25 @@ DEFAULTS = {
     "epochs": 10,
     "batch": 32,
     "lr": None,  # None: 0.1 for the probes, 0.01 otherwise
-    "stages": 3,  # frozen_stages
-    "unfreeze": None,  # gradual: the epochs at which subtrees unfreeze; None: 1, 2, 3, ...
-    "lp_epochs": None,  # lp_ft: length of the probe phase; None: half the run
-    "llrd": 0.75,  # llrd: per-block decay of the learning rate
-    "l2sp": 1e-3,  # l2sp: strength of the pull toward the pretrained weights
-    "bitfit_scales": False,  # bitfit: normalisation scales train too
-    "ema": 0.99,  # ema: decay per step
-    "alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # wise_ft: interpolation weights of the fine-tune
+    "fewshot": [],  # shots of the few-shot evaluator, e.g. [1, 5, 10]; []: none
+    **presets.STRATEGY_KNOBS,
 }
-STRATEGIES = (
-    "full",
-    "linear_probe",
-    "cached_probe",
-    "frozen_stages",
-    "gradual",
-    "lp_ft",
-    "llrd",
-    "l2sp",
-    "bitfit",
-    "ema",
-    "wise_ft",
-)
+STRATEGIES = tuple(s for s in presets.STRATEGIES if s != "frozen_backbone")
 PROBES = ("linear_probe", "cached_probe")
 
 
 def get_config(arg=None):
     a = config_args.parse(arg, DEFAULTS)
     strategy, model = a["strategy"], a["model"]
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
+    config_args.choice("strategy", strategy, STRATEGIES)
+    config_args.positive(a, ints=("res", "batch"), numbers=("epochs",))
     folder = os.path.isdir(os.path.expanduser(str(a["data"])))
     res = int(a["res"])
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # drives init, data order and augmentation
-
-    c.model = ml_collections.ConfigDict({"name": model})  # a jtransfer.models name
-    c.pretrained = ml_collections.ConfigDict()
-    c.pretrained.source = f"{model}/imagenet"  # registry name or a file path
-    c.pretrained.dont_load = ("head/.*",)  # the new head is initialised, not loaded
-
-    c.data = ml_collections.ConfigDict()
+    c = base_config.get_config()  # every field, commented
+    c.model.name = model  # a jtransfer.models name
+    c.pretrained.source = f"{model}/imagenet"
     c.data.name = os.path.expanduser(a["data"]) if folder else a["data"]
-    c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir; None: default
-    c.data.train_split = "train"
     c.data.eval_split = "val" if folder else "test"
-    c.data.on_bad_image = "fail"  # image folders: 'fail' or 'skip' unreadable files
     resize = int(round(res * 256 / 224))
     probe = strategy in PROBES
     # A linear probe does best on the eval view (plus flips, unless features are cached, which
@@ -102,51 +75,17 @@ def get_config(arg=None):
     c.pp_train = f"decode|resize_small({resize})|{crop}{flip}|value_range(-1, 1)"
     c.pp_eval = f"decode|resize_small({resize})|central_crop({res})|value_range(-1, 1)"
 
-    # (regex, rule) pairs, first full match wins; and the BatchNorm layers held in inference
-    # mode (regexes, or (regex, {'until_epoch': e}) pairs)
-    policy, norm_eval = presets.freeze("full", model)
-    if probe:
-        policy, norm_eval = presets.freeze("head", model)
-    elif strategy == "frozen_stages":
-        policy, norm_eval = presets.freeze(int(a["stages"]), model)
-    elif strategy == "gradual":
-        epochs = a["unfreeze"] or list(range(1, len(presets.models.stage_names(model)) + 1))
-        policy, norm_eval = presets.gradual_unfreezing(model, epochs)
-    elif strategy == "lp_ft":
-        policy, norm_eval = presets.lp_ft(model, a["lp_epochs"] or a["epochs"] / 2)
-    elif strategy == "llrd":
-        policy = presets.layerwise_lr_decay(model, float(a["llrd"]))
-    elif strategy == "bitfit":
-        policy = presets.bitfit(model, norm_scales=bool(a["bitfit_scales"]))
-    c.policy, c.norm_eval = policy, norm_eval
-    c.cache_features = strategy == "cached_probe"  # train the head on features computed once
+    presets.apply_strategy(c, strategy, a)
 
-    c.batch_size = int(a["batch"])  # global, over all devices and processes
-    c.eval_batch_size = 64
-    c.num_epochs = float(a["epochs"])  # training length in epochs of the train split
-    c.total_steps = 0  # if > 0, the training length in steps instead
-    c.optimizer = ml_collections.ConfigDict({"name": "sgd", "momentum": 0.9})
+    c.batch_size = int(a["batch"])
+    c.num_epochs = float(a["epochs"])
     c.lr = float(a["lr"] if a["lr"] is not None else (0.1 if probe else 0.01))
-    c.weight_decay = float(a["l2sp"]) if strategy == "l2sp" else 1e-5
-    c.decay_toward = "start" if strategy == "l2sp" else "zero"  # 'start': L2-SP
-    c.schedule = ml_collections.ConfigDict({"warmup_steps": 10, "decay": "cosine"})
+    c.schedule.warmup_steps = 10
     c.grad_clip_norm = 1.0
-    c.label_smoothing = 0.0 if probe else 0.1
-    c.ema_decay = float(a["ema"]) if strategy == "ema" else 0.0  # 0: no moving average
-    c.wise_ft_alphas = tuple(a["alphas"]) if strategy == "wise_ft" else ()  # evaluated at the end
-    c.fewshot_shots = ()  # e.g. (1, 5, 10): ridge few-shot accuracy at each evaluation; (): off
-    c.fewshot_seeds = (0, 1, 2)  # support sets drawn per seed
-
-    # Scale: the device mesh, where parameters live, and the throughput switches.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})  # -1: the rest
-    c.sharding_rules = ((".*", "fsdp"),)  # (regex, 'replicate'|'fsdp'|{'dim','axis'}), 1st wins
-    c.grad_accum_steps = 1  # micro-batches per step, gradients averaged (batch_size: the sum)
-    c.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer state stay float32)
-    c.prefetch = 2  # global batches put on the devices ahead of the step; 0: none
-
-    c.log_every = 10  # steps between progress lines / metrics.jsonl rows
-    c.eval_every = 0  # 0: evaluate only at the end
-    c.checkpoint_every = 50
-    c.keep_checkpoints = 2
+    c.task.label_smoothing = 0.0 if probe else 0.1
+    c.evals.eval = {"type": "classification"}
+    if a["fewshot"]:
+        c.evals.fewshot = {"type": "fewshot", "shots": tuple(a["fewshot"])}
+    c.log_every = 10
     c.lock()
     return c

@@ -23,6 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from jtransfer.errors import JTransferError
+
 # Dotted config fields (or prefixes of them) that a resumed run may change: what is logged,
 # evaluated or kept, and where the state lives (not its values).
 RESUME_HARMLESS = (
@@ -34,8 +36,7 @@ RESUME_HARMLESS = (
     "pp_eval",
     "data.eval_split",
     "data.data_dir",
-    "fewshot_shots",
-    "fewshot_seeds",
+    "evals",
     "wise_ft_alphas",
     "mesh",  # the device layout: a run may resume on another slice (same global batch)
     "sharding_rules",
@@ -43,7 +44,7 @@ RESUME_HARMLESS = (
 )
 
 
-class ResumeConfigError(ValueError):
+class ResumeConfigError(JTransferError):
     """The workdir holds a checkpoint of a run with a different config."""
 
 

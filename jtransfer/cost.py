@@ -2,64 +2,74 @@
 
 Invariant 2 of DESIGN.md (frozen layers cost no backward) is proved by the compiled step's
 `cost_analysis()`, not by reading code; the test and `scripts/benchmark.py freeze` both build
-the step here, exactly as `train.train_and_evaluate` builds it (same policy, optimizer, mask and
-step function), so what they measure is what a run executes. Like `main`, this sits above
-`train` and nothing below imports it.
+the step here with `phase.build_phase`, exactly as the trainer builds it (same policy,
+optimizer, mask and step function), so what they measure is what a run executes.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import optax
 
-from jtransfer import optim
-from jtransfer.policy import Policy
-from jtransfer.train import initial_state, make_eval_step, make_train_step
+from jtransfer import base_config, tasks
+from jtransfer.phase import build_phase
+from jtransfer.policy import NormEval, Policy
+
+
+def strategy_config(
+    model: str, policy: Sequence[Sequence[Any]], **fields: Any
+) -> ml_collections.ConfigDict:
+    """The base config with `model`, the policy `pairs` and any other `fields` set (SGD with
+    momentum, lr 0.1, no clipping, weight decay 1e-5 unless given)."""
+    c = base_config.get_config()
+    c.model.name = model
+    c.policy = tuple(policy)
+    c.lr = 0.1
+    for key, value in fields.items():
+        c[key] = value
+    return c
 
 
 def step_and_state(
-    model,
-    variables: dict,
-    pairs: Sequence[Sequence[Any]],
-    *,
-    step: int = 0,
-    grad_clip_norm: float | None = None,
-    weight_decay: float = 1e-5,
-    decay_toward: str = "zero",
-    ema_decay: float = 0.0,
+    config: ml_collections.ConfigDict, variables: dict, num_classes: int, *, step: int = 0
 ):
-    """(jitted train step, its state) for the policy `pairs` in the phase that holds `step`.
+    """(jitted train step, its state) of `config`'s task and policy in the phase holding `step`.
 
     `variables` may hold arrays or `jax.ShapeDtypeStruct`s (then the state is abstract too,
     which is all `lower` needs).
     """
-    policy = Policy.from_pairs(pairs)
-    params = variables["params"]
-    mask = policy.trainable_mask(params, step)
-    tx = optim.build_optimizer(
-        {"name": "sgd"},
-        optax.constant_schedule(0.1),
-        policy,
+    task = tasks.build(config, [str(i) for i in range(num_classes)])
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    phase = build_phase(
+        config,
+        task,
+        Policy.from_pairs(config.policy),
+        NormEval.from_config(config.norm_eval),
         params,
-        weight_decay,
-        grad_clip_norm,
-        step=step,
-        decay_toward=decay_toward,
+        batch_stats,
+        schedule=optax.constant_schedule(config.lr),
+        start=step,
     )
-    init = functools.partial(initial_state, tx=tx, mask=mask, phase=0, seed=0, ema=ema_decay > 0)
-    batch_stats = variables.get("batch_stats", {})
     abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
-    state = jax.eval_shape(init, params, batch_stats) if abstract else init(params, batch_stats)
-    fn = make_train_step(model, tx, mask, ema_decay=ema_decay)
-    return jax.jit(fn, donate_argnums=0), state
+    if abstract:
+        return phase.step, jax.eval_shape(phase.init, params, batch_stats)
+    return phase.step, phase.init(params, batch_stats)
 
 
-def eval_step(model):
-    return jax.jit(make_eval_step(model))
+def forward(config: ml_collections.ConfigDict, num_classes: int):
+    """The jitted inference pass of `config`'s model with the task's loss on its outputs:
+    `forward(variables, batch) -> loss`, the unit that train-step FLOPs are compared with."""
+    task = tasks.build(config, [str(i) for i in range(num_classes)])
+    model = task.build_model()
+
+    def fn(variables, batch):
+        return task.loss(model.apply(variables, batch["image"], train=False), batch)[0]
+
+    return jax.jit(fn)
 
 
 def flops(jitted, *args) -> float:

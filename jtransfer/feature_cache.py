@@ -15,11 +15,12 @@ the whole run (`norm_eval`), and a single phase in which only `head/...` paramet
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import time
 
 import jax
 
-from jtransfer import data
+from jtransfer import data, sharding
+from jtransfer.console import say
 from jtransfer.evaluators.features import extract_features
 from jtransfer.policy import NormEval, Policy, flatten
 
@@ -49,16 +50,33 @@ def reasons_not_to_cache(
     return reasons
 
 
-def feature_source(
-    feature_fn: Callable[[jax.Array], jax.Array],
-    source: data.Source,
-    splits: dict[str, str],
-    batch_size: int,
-    mesh,
-) -> data.ArraySource:
-    """An `ArraySource` holding, for each `split: pp`, the features of every example in order."""
-    arrays = {}
-    for split, pp in splits.items():
-        batches = data.eval_batches(source, split, pp, batch_size)
-        arrays[split] = extract_features(feature_fn, batches, mesh)
-    return data.ArraySource(arrays, source.class_names)
+class Cache:
+    """Backbone features of the run's splits, each computed once, at its first use.
+
+    `source(split, pp)` is the train split as an `ArraySource` of features (computed now);
+    `eval_batches(split, pp)` the evaluation batches of a split's features (computed when an
+    evaluator first asks: extracting the eval split is evaluation work, not training the head).
+    """
+
+    def __init__(self, model, variables: dict, source: data.Source, layout, batch_size: int):
+        placed = jax.device_put(variables, layout.like(variables))
+        replicated = sharding.replicated(layout.mesh)
+        features = jax.jit(
+            lambda v, x: model.apply(v, x, train=False, method="features"),
+            out_shardings=replicated,
+        )
+        self._features = lambda images: features(placed, images)
+        self._source, self._mesh, self._batch_size = source, layout.mesh, batch_size
+        self._cached: dict[tuple[str, str], data.ArraySource] = {}
+
+    def source(self, split: str, pp: str) -> data.ArraySource:
+        if (split, pp) not in self._cached:
+            began = time.perf_counter()
+            batches = data.eval_batches(self._source, split, pp, self._batch_size)
+            arrays = {split: extract_features(self._features, batches, self._mesh)}
+            say(f"cached backbone features of {split} in {time.perf_counter() - began:.1f} s")
+            self._cached[split, pp] = data.ArraySource(arrays, self._source.class_names)
+        return self._cached[split, pp]
+
+    def eval_batches(self, split: str, pp: str) -> data.EvalBatches:
+        return data.eval_batches(self.source(split, pp), split, "", self._batch_size)

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from jtransfer.errors import JTransferError
 from jtransfer.pretrained.resample import ResampleError, resample
 
 
-class GraftError(ValueError):
+class GraftError(JTransferError):
     """A loaded tree that does not fit the model."""
 
 

@@ -1,43 +1,123 @@
 """Where numbers go: `metrics.jsonl` (one JSON object per write), TensorBoard events, console.
 
-Only process 0 writes, so a multi-host run leaves one copy of everything. The console progress
-line carries step, loss, images per second and the estimated time left.
+Only process 0 writes and prints (`console.say`), so a multi-host run leaves one copy of
+everything and one console. The console progress line carries step, loss, images per second and
+the estimated time left.
+
+A resumed run must not log a step twice: the steps after the restored checkpoint were already
+logged by the run that was interrupted, and are about to be logged again. So a writer opened at
+`resume_step` keeps only the rows up to that step and rebuilds the TensorBoard events from them
+(event files can only be appended to), so the two records always agree.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
 
 import jax
 
+from jtransfer.console import say
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def summary(result: Mapping[str, float]) -> str:
+    """The headline numbers of an evaluation: 'accuracy 0.9500, loss 0.2100, count 153'.
+
+    Per-class ('iou/cat') and per-seed ('1shot_seed0', '1shot_std') entries are left to the
+    files.
+    """
+    shown = [k for k in result if "/" not in k and "_seed" not in k and not k.endswith("_std")]
+    return ", ".join(
+        f"{k} {int(result[k])}" if k == "count" else f"{k} {result[k]:.4f}" for k in shown
+    )
+
+
+def read_rows(workdir: str) -> list[dict]:
+    """The rows of `workdir/metrics.jsonl`, in order (none if it does not exist)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
 
 class MetricWriter:
-    def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        total_steps: int,
+        resume_step: int = 0,
+        enabled: bool | None = None,
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.total_steps = total_steps
         self._jsonl = self._tb = None
         if self.enabled:
             import tensorflow as tf  # the input pipeline's TensorFlow writes the events too
 
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
             self._scalar = tf.summary.scalar
+            os.makedirs(workdir, exist_ok=True)
+            kept = [row for row in read_rows(workdir) if self._kept(row, resume_step)]
+            path = os.path.join(workdir, METRICS_FILE)
+            with open(path + ".tmp", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in kept)
+            os.replace(path + ".tmp", path)
+            events = os.path.join(workdir, TENSORBOARD_DIR)
+            shutil.rmtree(events, ignore_errors=True)
+            self._tb = tf.summary.create_file_writer(events)
+            for row in kept:
+                values = {k: v for k, v in row.items() if k != "step" and v is not None}
+                self._events(row["step"], values)
+            self._tb.flush()
+            self._jsonl = open(path, "a")
         self._last = None  # (time, step) of the previous progress line
+
+    def _kept(self, row: dict, resume_step: int) -> bool:
+        """Whether a row logged before the resume stays: every row up to the restored step,
+        except the final evaluation's rows, which a run resumed at its last step writes again."""
+        if row["step"] < resume_step:
+            return True
+        final = row["step"] == resume_step == self.total_steps
+        return row["step"] == resume_step and not (
+            final and any(not k.startswith("train/") for k in row if k != "step")
+        )
+
+    def _events(self, step: int, values: Mapping[str, float]) -> None:
+        with self._tb.as_default():
+            for k, v in values.items():
+                self._scalar(k, v, step=step)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        # JSON has no NaN: a metric that is undefined (a class absent from the split) is null.
+        row = {k: (None if math.isnan(v) else v) for k, v in values.items()}
+        self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
         self._jsonl.flush()
-        with self._tb.as_default():
-            for k, v in values.items():
-                self._scalar(k, v, step=step)
+        self._events(step, {k: v for k, v in values.items() if not math.isnan(v)})
         self._tb.flush()
+
+    def write_evaluations(
+        self, step: int, results: Mapping[str, Mapping[str, float]], final: bool = False
+    ) -> None:
+        """Rows `{evaluator}/{metric}` and a console line per evaluator."""
+        if final:
+            say(f"final evaluation at step {step}:")
+        for name, result in results.items():
+            self.write(step, {f"{name}/{k}": v for k, v in result.items()})
+            say(
+                f"  {name}: {summary(result)}"
+                if final
+                else f"step {step:>6}: {name} {summary(result)}"
+            )
 
     def start(self, step: int) -> None:
         """Mark where the rate of the next progress line counts from."""

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jtransfer.errors import JTransferError
 from jtransfer.policy import FROZEN_LABEL, Policy
 
 OPTIMIZERS = {
@@ -41,9 +42,11 @@ DECAY_TARGETS = ("zero", "start")  # "start": L2-SP
 def build_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "cosine"):
     """Linear warm-up to `lr`, then `decay` to zero at `total_steps` (or stay constant)."""
     if decay not in DECAYS:
-        raise ValueError(f"unknown schedule decay {decay!r}; valid: {list(DECAYS)}")
+        raise JTransferError(f"unknown schedule decay {decay!r}; valid: {list(DECAYS)}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]")
+        raise JTransferError(
+            f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]"
+        )
     rest = max(total_steps - warmup_steps, 1)
     after = {
         "cosine": optax.cosine_decay_schedule(lr, rest),
@@ -69,7 +72,7 @@ def decay_toward_start(weight_decay: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("decay_toward_start needs the parameters")
+            raise JTransferError("decay_toward_start needs the parameters")
         updates = jax.tree.map(
             lambda g, p, s: g + weight_decay * (p - s), updates, params, state.start
         )
@@ -95,9 +98,9 @@ def build_optimizer(
     """
     name = optim.get("name")
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
+        raise JTransferError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
     if decay_toward not in DECAY_TARGETS:
-        raise ValueError(f"unknown decay_toward {decay_toward!r}; valid: {list(DECAY_TARGETS)}")
+        raise JTransferError(f"unknown decay_toward {decay_toward!r}; valid: {list(DECAY_TARGETS)}")
     decay = optax.add_decayed_weights if decay_toward == "zero" else decay_toward_start
     groups = {FROZEN_LABEL: optax.set_to_zero()}
     for label, rule in policy.trainable_rules(step).items():

@@ -34,10 +34,13 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jtransfer.epochs import Epochs
+from jtransfer.errors import JTransferError
+
 FROZEN_LABEL = "frozen"
 
 
-class PolicyError(ValueError):
+class PolicyError(JTransferError):
     """A policy that does not cover the parameters exactly once."""
 
 
@@ -71,10 +74,10 @@ class Rule:
         return "train" + start + (f" ({', '.join(mults)})" if mults else "")
 
 
-def to_rule(spec: Any, steps_per_epoch: int | None = None) -> Rule:
+def to_rule(spec: Any, epochs: Epochs | None = None) -> Rule:
     """`'frozen'`, `'train'`, a dict of `Rule` fields (`{'lr_mult': 0.1}`), or a `Rule`.
 
-    A dict may give `start_epoch` instead of `start_step`; `steps_per_epoch` converts it.
+    A dict may give `start_epoch` instead of `start_step`; `epochs` converts it.
     """
     if isinstance(spec, Rule):
         return spec
@@ -85,7 +88,7 @@ def to_rule(spec: Any, steps_per_epoch: int | None = None) -> Rule:
     if isinstance(spec, Mapping):
         spec = dict(spec)
         if "start_epoch" in spec:
-            spec["start_step"] = _epochs_to_steps(spec.pop("start_epoch"), steps_per_epoch)
+            spec["start_step"] = _epochs_to_steps(spec.pop("start_epoch"), epochs)
         fields = {f.name for f in dataclasses.fields(Rule)}
         unknown = set(spec) - fields
         if unknown:
@@ -98,12 +101,12 @@ def to_rule(spec: Any, steps_per_epoch: int | None = None) -> Rule:
     )
 
 
-def _epochs_to_steps(epochs: float, steps_per_epoch: int | None) -> int:
-    if steps_per_epoch is None:
-        raise PolicyError(f"an epoch ({epochs}) needs steps_per_epoch to become a step")
-    if epochs < 0:
-        raise PolicyError(f"epochs must be >= 0, got {epochs}")
-    return int(round(epochs * steps_per_epoch))
+def _epochs_to_steps(value: float, epochs: Epochs | None) -> int:
+    if epochs is None:
+        raise PolicyError(f"an epoch ({value}) needs the split and batch size to become a step")
+    if value < 0:
+        raise PolicyError(f"epochs must be >= 0, got {value}")
+    return epochs.to_steps(value)
 
 
 def flatten(tree: Mapping) -> dict[str, Any]:
@@ -153,9 +156,7 @@ class Policy:
     rules: tuple[tuple[str, Rule], ...]
 
     @classmethod
-    def from_pairs(
-        cls, pairs: Sequence[Sequence[Any]], steps_per_epoch: int | None = None
-    ) -> Policy:
+    def from_pairs(cls, pairs: Sequence[Sequence[Any]], epochs: Epochs | None = None) -> Policy:
         rules = []
         for pair in pairs:
             if len(pair) != 2:
@@ -165,7 +166,7 @@ class Policy:
                 re.compile(pattern)
             except re.error as e:
                 raise PolicyError(f"bad policy regex {pattern!r}: {e}") from None
-            rules.append((pattern, to_rule(spec, steps_per_epoch)))
+            rules.append((pattern, to_rule(spec, epochs)))
         if not rules:
             raise PolicyError("the policy is empty; use [('.*', 'train')] to train everything")
         return cls(tuple(rules))
@@ -254,7 +255,7 @@ class NormEval:
     entries: tuple[tuple[str, int | None], ...] = ()
 
     @classmethod
-    def from_config(cls, spec: Any, steps_per_epoch: int | None = None) -> NormEval:
+    def from_config(cls, spec: Any, epochs: Epochs | None = None) -> NormEval:
         """`''`/`None` (none held), a regex (held for the whole run), or a list of regexes and
         `(regex, until)` pairs, `until` a step or `{'until_step': n}` / `{'until_epoch': e}`."""
         if not spec:
@@ -270,7 +271,7 @@ class NormEval:
                 raise PolicyError(f"bad norm_eval regex {pattern!r}: {e}") from None
             if isinstance(until, Mapping):
                 if set(until) == {"until_epoch"}:
-                    until = _epochs_to_steps(until["until_epoch"], steps_per_epoch)
+                    until = _epochs_to_steps(until["until_epoch"], epochs)
                 elif set(until) == {"until_step"}:
                     until = until["until_step"]
                 else:

@@ -32,6 +32,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jtransfer.errors import JTransferError
 from jtransfer.policy import first_full_match, flatten, unflatten
 
 DATA_AXIS = "data"
@@ -42,7 +43,7 @@ BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch is split over both; `model` see
 RULES = ("replicate", "fsdp", "{'dim': d, 'axis': a}")
 
 
-class ShardingError(ValueError):
+class ShardingError(JTransferError):
     """A mesh, batch size or sharding rule that does not fit the devices or the parameters."""
 
 

@@ -24,7 +24,7 @@ Measured on 2 shared AMD EPYC cores, jax 0.10.2, torch 2.13.0 (`step`, defaults)
 Other users' load moves whole rounds by 10-30%; torch's OpenMP threads degrade far more than XLA
 under oversubscription (torch train fell to 5 img/s), so ratios from a busy machine flatter JAX.
 
-`scaling`: the full fine-tuning train step as `train.train_and_evaluate` builds it (mesh,
+`scaling`: the full fine-tuning train step as the trainer builds it (mesh,
 parameter shardings, donated state), data-parallel over 1, 2, 4 and 8 fake CPU devices, each
 count in its own process (`--xla_force_host_platform_device_count=N`). The fake devices share
 the machine's cores, so this shows the cost of partitioning and collectives, not a speed-up.
@@ -53,7 +53,6 @@ Measured (`probe`, defaults: hymenoptera, 224 px, 2 shared cores, one run each):
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -68,10 +67,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jtransfer import cost, optim, presets, sharding
+from jtransfer import cost, presets, sharding, tasks
 from jtransfer.models import build_model, efficientnet_lite_spec
-from jtransfer.policy import Policy
-from jtransfer.train import COMPUTE_DTYPES, DEFAULT_SHARDING_RULES, initial_state, make_train_step
+from jtransfer.phase import build_phase
+from jtransfer.policy import NormEval, Policy
 
 NUM_CLASSES = 1000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,25 +208,26 @@ def cmd_step(args: argparse.Namespace) -> None:
 
 
 def _freeze_strategies(model_name: str) -> dict[str, dict]:
-    """Name -> `cost.step_and_state` keyword arguments, one per compiled step of a strategy."""
+    """Name -> `cost.strategy_config` fields (and the `step` whose phase is measured), one per
+    compiled step of a strategy."""
     blocks = efficientnet_lite_spec.block_names(model_name)
     half = "|".join(blocks[: len(blocks) // 2])
     full = [(".*", "train")]
     # gradual unfreezing's second phase: the head and the top subtree train
     top = [("head/.*", "train"), ("backbone/top/.*", {"start_step": 1}), (".*", "frozen")]
     return {
-        "full": {"pairs": full},
-        "full, no clipping": {"pairs": full, "grad_clip_norm": None},
-        "linear probe": {"pairs": presets.freeze("head", model_name)[0]},
-        "frozen_stages=3": {"pairs": presets.freeze(3, model_name)[0]},
+        "full": {"policy": full},
+        "full, no clipping": {"policy": full, "grad_clip_norm": 0.0},
+        "linear probe": {"policy": presets.freeze("head", model_name)[0]},
+        "frozen_stages=3": {"policy": presets.freeze(3, model_name)[0]},
         "first half of blocks frozen": {
-            "pairs": [(f"backbone/(stem|{half})/.*", "frozen"), (".*", "train")]
+            "policy": [(f"backbone/(stem|{half})/.*", "frozen"), (".*", "train")]
         },
-        "gradual, phase 1 (head+top)": {"pairs": top, "step": 1},
-        "bitfit": {"pairs": presets.bitfit(model_name)},
-        "llrd 0.75": {"pairs": presets.layerwise_lr_decay(model_name, 0.75)},
-        "l2sp": {"pairs": full, "decay_toward": "start"},
-        "ema": {"pairs": full, "ema_decay": 0.99},
+        "gradual, phase 1 (head+top)": {"policy": top, "step": 1},
+        "bitfit": {"policy": presets.bitfit(model_name)},
+        "llrd 0.75": {"policy": presets.layerwise_lr_decay(model_name, 0.75)},
+        "l2sp": {"policy": full, "decay_toward": "start"},
+        "ema": {"policy": full, "ema_decay": 0.99},
     }
 
 
@@ -241,7 +241,8 @@ def cmd_freeze(args: argparse.Namespace) -> None:
         "mask": jnp.ones(args.batch),
     }
     variables = jax.jit(lambda r: model.init(r, images[:1], train=False))(jax.random.key(0))
-    forward = cost.flops(cost.eval_step(model), variables, batch)
+    base = cost.strategy_config(MODEL_NAME, [])
+    forward = cost.flops(cost.forward(base, NUM_CLASSES), variables, batch)
     print(
         f"EfficientNet-Lite0, {args.resolution}px, batch {args.batch}, SGD-momentum, "
         f"global-norm clipping 1.0 unless said; forward (eval step) {forward / 1e9:.1f} GFLOP; "
@@ -249,12 +250,13 @@ def cmd_freeze(args: argparse.Namespace) -> None:
     )
     print(f"{'strategy':30s} {'GFLOP':>8s} {'/fwd':>6s} {'/full':>6s} {'s/step':>7s} {'/full':>6s}")
     reference = None
-    for name, kwargs in _freeze_strategies(MODEL_NAME).items():
-        kwargs = dict(kwargs)
-        pairs = kwargs.pop("pairs")
-        kwargs.setdefault("grad_clip_norm", 1.0)
+    for name, fields in _freeze_strategies(MODEL_NAME).items():
+        fields = {"grad_clip_norm": 1.0, **fields}
+        step_index = fields.pop("step", 0)
+        policy = fields.pop("policy")
+        config = cost.strategy_config(MODEL_NAME, policy, **fields)
         fresh = jax.tree.map(jnp.copy, variables)  # the step donates its state
-        step, state = cost.step_and_state(model, fresh, pairs, **kwargs)
+        step, state = cost.step_and_state(config, fresh, NUM_CLASSES, step=step_index)
         flops = cost.flops(step, state, batch)
         holder = [state]
 
@@ -290,9 +292,14 @@ def _train_step_rate(
     model_name: str, resolution: int, batch: int, steps: int, compute_dtype: str
 ) -> dict:
     """Full fine-tuning train step (SGD-momentum, every parameter trained), data-parallel over
-    all devices, built and placed as `train.train_and_evaluate` does; median seconds per step
-    after one untimed step, and XLA's forward FLOPs (eval step) at the same batch."""
-    model = build_model(model_name, NUM_CLASSES, dtype=COMPUTE_DTYPES[compute_dtype])
+    all devices, built and placed as the trainer does (`phase.build_phase` with the parameter
+    layout); median seconds per step after one untimed step, and XLA's forward FLOPs at the
+    same batch."""
+    config = cost.strategy_config(
+        model_name, [(".*", "train")], lr=0.01, compute_dtype=compute_dtype
+    )
+    task = tasks.build(config, [str(i) for i in range(NUM_CLASSES)])
+    model = task.build_model()
     mesh = sharding.make_mesh()
     sharding.check_batch_size(batch, mesh)
     rng = np.random.default_rng(0)
@@ -306,23 +313,23 @@ def _train_step_rate(
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     # the whole batch's forward FLOPs, compiled for one device (before the step donates them)
     variables = {"params": params, "batch_stats": batch_stats}
-    forward = cost.flops(cost.eval_step(model), variables, host_batch)
-    layout = sharding.param_shardings(params, DEFAULT_SHARDING_RULES, mesh)
-    policy = Policy.from_pairs([(".*", "train")])
-    mask = policy.trainable_mask(params)
-    tx = optim.build_optimizer({"name": "sgd"}, optax.constant_schedule(0.01), policy, params)
-    init = functools.partial(initial_state, tx=tx, mask=mask, phase=0, seed=0, ema=False)
-    shardings = layout.like(jax.eval_shape(init, params, batch_stats))
-    state = [jax.jit(init, out_shardings=shardings)(params, batch_stats)]
-    step = jax.jit(
-        make_train_step(model, tx, mask),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
+    forward = cost.flops(cost.forward(config, NUM_CLASSES), variables, host_batch)
+    layout = sharding.param_shardings(params, config.sharding_rules, mesh)
+    phase = build_phase(
+        config,
+        task,
+        Policy.from_pairs(config.policy),
+        NormEval(),
+        params,
+        batch_stats,
+        schedule=optax.constant_schedule(config.lr),
+        layout=layout,
     )
+    state = [jax.jit(phase.init, out_shardings=phase.shardings)(params, batch_stats)]
     device_batch = sharding.global_batch(host_batch, mesh)
 
     def run() -> None:
-        state[0], metrics = step(state[0], device_batch)
+        state[0], metrics = phase.step(state[0], device_batch)
         metrics["loss"].block_until_ready()
 
     seconds = statistics.median(_timed(run, steps))
@@ -411,7 +418,7 @@ def _probe_run(data: str, epochs: int, cached: bool, extra: list[str]) -> dict[s
             sys.exit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
         with open(os.path.join(workdir, "final_eval.json")) as f:
             final = json.load(f)
-    return {"wall": wall, "train": final["train_seconds"], "accuracy": final["accuracy"]}
+    return {"wall": wall, "train": final["train_seconds"], "accuracy": final["eval"]["accuracy"]}
 
 
 def cmd_probe(args: argparse.Namespace) -> None:

@@ -11,14 +11,13 @@ def data_dir(tmp_path_factory):
 
 def test_unknown_config_key_names_close_match(tmp_path):
     out = run(command(tmp_path, tmp_path, "--config.batch_sise=8"))
-    assert out.returncode != 0
-    assert "unknown config key 'batch_sise'" in out.stderr
+    _one_error_line(out, "unknown config key 'batch_sise'")
     assert 'Did you mean "batch_size"' in out.stderr
 
 
 def test_bad_config_argument(tmp_path):
     out = run(command(tmp_path, tmp_path, config="configs/transfer.py:modle=x"))
-    assert out.returncode != 0 and "did you mean 'model'" in out.stderr
+    _one_error_line(out, "did you mean 'model'")
 
 
 @pytest.mark.slow
@@ -46,3 +45,42 @@ def test_eight_devices_and_an_fsdp_mesh_give_the_losses_of_one_device(tmp_path, 
     for other in ("8 devices", "fsdp"):
         for a, b in zip(per_run["1 device"], per_run[other], strict=True):
             assert abs(a - b) <= 1e-4 * abs(a), per_run
+
+
+def _one_error_line(out, message: str) -> None:
+    """Refused as bad input: exit status 2, one `error:` line naming the value, no traceback."""
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert lines == [lines[-1]] and lines[-1].startswith("error: "), out.stderr[-3000:]
+    assert message in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("strategy=linear_prob", "strategy='linear_prob' is not one of ['full', 'linear_probe'"),
+        ("model=efficientnet_lite9", "unknown model 'efficientnet_lite9'"),
+        ("resolution=32", "unknown config argument 'resolution'; did you mean 'res'?"),
+        ("res=0", "config argument res must be a whole number > 0, got 0"),
+    ],
+)
+def test_a_bad_config_argument_is_one_line_and_writes_nothing(tmp_path, arg, message):
+    workdir = tmp_path / "run"
+    out = run(command(workdir, tmp_path, config=f"configs/transfer.py:{arg}"))
+    _one_error_line(out, message)
+    assert not workdir.exists()
+
+
+def test_a_bad_field_value_is_one_line_and_writes_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    out = run(command(workdir, tmp_path, "--config.batch_size=0", "--config.num_epochs=-1"))
+    _one_error_line(out, "batch_size must be a whole number >= 1, got 0; num_epochs must be >= 0")
+    assert not workdir.exists()
+
+
+def test_a_missing_data_path_is_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    out = run(command(workdir, None, f"--config.data.name={tmp_path}/no/such/folder"))
+    _one_error_line(out, f"{tmp_path}/no/such/folder")
+    assert not workdir.exists()

@@ -4,6 +4,7 @@ import re
 import numpy as np
 import pytest
 
+from jtransfer.epochs import Epochs
 from jtransfer.policy import NormEval, Policy, PolicyError, Rule, merge, overlay, select, split
 
 PARAMS = {
@@ -95,7 +96,7 @@ def test_late_rules_cut_the_run_into_phases():
             ("backbone/stage1/.*", {"start_epoch": 2}),
             (".*", "frozen"),
         ],
-        steps_per_epoch=4,
+        epochs=Epochs(num_examples=8, batch_size=2),  # 4 steps per epoch
     )
     assert policy.phase_starts() == [0, 5, 8]
     mask = lambda step: policy.trainable_mask(PARAMS, step)  # noqa: E731
@@ -114,7 +115,7 @@ def test_late_rules_cut_the_run_into_phases():
 def test_bad_phase_rules():
     with pytest.raises(PolicyError, match="start_step must be >= 0"):
         Policy.from_pairs([(".*", {"start_step": -1})])
-    with pytest.raises(PolicyError, match="needs steps_per_epoch"):
+    with pytest.raises(PolicyError, match="needs the split and batch size"):
         Policy.from_pairs([(".*", {"start_epoch": 1})])
     with pytest.raises(PolicyError, match="frozen rule has no start_step"):
         Policy.from_pairs([(".*", {"trainable": False, "start_step": 3})])
@@ -130,7 +131,7 @@ BATCH_STATS = {
 
 def test_norm_eval_entries_and_their_phases():
     norm = NormEval.from_config(
-        ["backbone/stem", ("backbone/stage1", {"until_epoch": 1}), ("x", 7)], steps_per_epoch=3
+        ["backbone/stem", ("backbone/stage1", {"until_epoch": 1}), ("x", 7)], epochs=Epochs(9, 3)
     )
     assert norm.entries == (("backbone/stem", None), ("backbone/stage1", 3), ("x", 7))
     assert norm.phase_starts() == [0, 3, 7]

@@ -1,5 +1,6 @@
 import pytest
 
+from jtransfer.epochs import Epochs
 from jtransfer.policy import Policy
 from jtransfer.presets import bitfit, freeze, gradual_unfreezing, layerwise_lr_decay, lp_ft
 
@@ -20,14 +21,16 @@ def test_frozen_stages_freeze_stem_and_first_k():
     assert not labels["backbone"]["stem"]["conv"]["kernel"]
     assert not labels["backbone"]["stage1"]["block1"]["kernel"]
     assert labels["backbone"]["stage2"]["block1"]["kernel"] and labels["head"]["dense"]["kernel"]
-    assert norm_eval == "backbone/(stem|stage1)(/.*)?"
+    assert norm_eval == ["backbone/(stem|stage1)(/.*)?"]
 
 
 def test_presets_follow_the_family():
     pairs, norm_eval = freeze(2, "vit_s16")
-    assert pairs[0][0] == "backbone/(embed|block1|block2)/.*" and norm_eval == ""
-    assert freeze("head", "bit_r50x1")[1] == ""  # no BatchNorm to hold
-    assert freeze("head", "resnet50")[1] == "backbone/.*"
+    assert pairs[0][0] == "backbone/(embed|block1|block2)/.*" and norm_eval == []
+    assert freeze("head", "bit_r50x1")[1] == []  # no BatchNorm to hold
+    assert freeze("head", "resnet50")[1] == ["backbone/.*"]
+    # a dense model's neck is new too: it trains with the head
+    assert freeze("head", "resnet50", neck=True)[0][0] == ("(neck|head)/.*", "train")
     assert freeze("stages:0", "resnet50")[0][0][0] == "backbone/(stem)/.*"
 
 
@@ -51,7 +54,7 @@ def test_gradual_unfreezing_goes_top_down_with_batch_norm_following():
         ("backbone/stage7(/.*)?", {"until_epoch": 2}),
     ]
     assert norm_eval[2] == "backbone/(stage6|stage5|stage4|stage3|stage2|stage1|stem)(/.*)?"
-    policy = Policy.from_pairs(pairs, steps_per_epoch=10)
+    policy = Policy.from_pairs(pairs, Epochs(num_examples=100, batch_size=10))
     assert policy.phase_starts() == [0, 10, 20]
     # every subtree unfrozen: no catch-all frozen rule left to match nothing
     pairs, norm_eval = gradual_unfreezing("vit_ti16", range(1, 15))

@@ -57,7 +57,8 @@ def test_command_line(tmp_path):
     weird = tmp_path / "weights.ckpt"
     weird.write_bytes(b"??")
     done = subprocess.run([*cmd, str(weird)], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"no reader for '.ckpt' files ({weird}); known: ['.npz', '.pt', '.pth', '.safetensors']"
+        f"error: no reader for '.ckpt' files ({weird}); known: ['.npz', '.pt', '.pth', "
+        "'.safetensors']"
     )

@@ -8,12 +8,15 @@ the top backbone stage at step 12 of 16 (phase 0: the head; phase 1: head and st
 16-image folder in batches of 4, so the runs cross epochs too.
 """
 
+import json
 import os
 import random
 import re
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+import tensorflow as tf
 from cli import command, popen, run
 from images import dark_and_light
 
@@ -102,7 +105,7 @@ def test_other_config_in_workdir_is_refused_naming_the_fields(folder, reference)
     out = run(
         _command(folder, workdir, "--config.seed=1", "--config.lr=0.5", "--config.eval_every=5")
     )
-    assert out.returncode != 0
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "seed: 0 -> 1" in out.stderr and "lr: 0.01 -> 0.5" in out.stderr, out.stderr[-3000:]
     assert "eval_every" not in out.stderr  # harmless fields may change
     assert "training steps" not in out.stdout
@@ -115,11 +118,18 @@ def test_sigkill_in_phase_0_resumes_across_the_boundary_bit_identical(folder, re
     assert status == -9, output
     assert not os.path.exists(tmp_path / "final_eval.json")
 
+    resumed_at = _saved_steps(tmp_path)[-1]
+    seconds_before = _saved_train_seconds(tmp_path, resumed_at)
     out = run(_command(folder, tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert _resumed_from(out.stdout)[1] == 0, f"killed after step {kill_at}: {out.stdout}"
+    assert _resumed_from(out.stdout) == (resumed_at, 0), f"killed after step {kill_at}"
     assert f"step {BOUNDARY:>6}: phase 1 begins" in out.stdout
     _assert_identical(reference[1], tmp_path)
+    _assert_logged_once(reference[0], tmp_path)
+    # train_seconds counts the training before the kill too.
+    with open(tmp_path / "final_eval.json") as f:
+        final = json.load(f)
+    assert final["train_seconds"] > seconds_before > 0
 
 
 def test_sigterm_saves_exits_75_and_resumes_bit_identical(folder, reference, tmp_path):
@@ -134,3 +144,71 @@ def test_sigterm_saves_exits_75_and_resumes_bit_identical(folder, reference, tmp
     assert out.returncode == 0, out.stderr[-3000:]
     assert _resumed_from(out.stdout) == (int(saved.group(1)), 1)
     _assert_identical(reference[1], tmp_path)
+    _assert_logged_once(reference[0], tmp_path)
+
+
+def _metric_rows(workdir) -> list[tuple[int, tuple[str, ...]]]:
+    """(step, metric names) of every metrics.jsonl row, in order."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [(row["step"], tuple(sorted(k for k in row if k != "step"))) for row in rows]
+
+
+def _event_steps(workdir) -> dict[str, list[int]]:
+    """Tag -> the steps of its TensorBoard scalar events, in the order they were written."""
+    steps: dict[str, list[int]] = {}
+    for name in sorted(os.listdir(os.path.join(workdir, "tensorboard"))):
+        path = os.path.join(workdir, "tensorboard", name)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
+def _assert_logged_once(reference_dir, workdir) -> None:
+    """Every step is logged once, exactly as by the uninterrupted run, in both records."""
+    rows = _metric_rows(workdir)
+    assert rows == _metric_rows(reference_dir)
+    train_steps = [step for step, names in rows if "train/loss" in names]
+    assert train_steps == list(range(1, STEPS + 1))
+    assert _event_steps(workdir) == _event_steps(reference_dir)
+
+
+def _saved_train_seconds(workdir, step: int) -> float:
+    path = os.path.join(workdir, "checkpoints", str(step), "default")
+    return float(ocp.StandardCheckpointer().restore(path)["train_seconds"])
+
+
+def test_a_finished_run_says_so_and_changes_nothing(folder, reference):
+    workdir, _ = reference
+    before = {
+        name: (os.path.getmtime(os.path.join(workdir, name)), _read(workdir, name))
+        for name in ("metrics.jsonl", "final_eval.json", "config.json")
+    }
+    checkpoints = _saved_steps(workdir)
+    out = run(_command(folder, workdir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"finished at step {STEPS}; nothing to do" in out.stdout
+    assert "training steps" not in out.stdout
+    for name, (mtime, content) in before.items():
+        assert (os.path.getmtime(os.path.join(workdir, name)), _read(workdir, name)) == (
+            mtime,
+            content,
+        ), name
+    assert _saved_steps(workdir) == checkpoints
+
+
+def _read(workdir, name) -> str:
+    with open(os.path.join(workdir, name)) as f:
+        return f.read()
+
+
+def test_config_json_alone_guards_the_workdir(folder, reference, tmp_path):
+    """A run that died before its first checkpoint left config.json: another config is still
+    refused there."""
+    with open(tmp_path / "config.json", "w") as f:
+        f.write(_read(reference[0], "config.json"))
+    out = run(_command(folder, tmp_path, "--config.seed=3"))
+    assert out.returncode == 2
+    assert "seed: 0 -> 3" in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]

@@ -133,8 +133,8 @@ def _run_with_8_devices(name: str) -> dict:
 
 def fsdp_bytes() -> dict:
     """Per-device bytes of a ViT-B/16 AdamW train state (with EMA) under FSDP over 8 devices,
-    read from the materialised arrays' shards; as train.py builds and places it."""
-    from jtransfer import models, optim, train
+    read from the materialised arrays' shards; as the trainer builds and places it."""
+    from jtransfer import models, optim, phase
     from jtransfer.policy import Policy
 
     model = models.build_model("vit_b16", 1000)
@@ -148,7 +148,7 @@ def fsdp_bytes() -> dict:
         {"name": "adamw"}, optax.constant_schedule(1e-3), policy, params, 1e-4, 1.0
     )
     init = functools.partial(
-        train.initial_state, tx=tx, mask=policy.trainable_mask(params), phase=0, seed=0, ema=True
+        phase.initial_state, tx=tx, mask=policy.trainable_mask(params), phase=0, seed=0, ema=True
     )
     shardings = layout.like(jax.eval_shape(init, params, {}))
     # Zeros made inside the jitted function: each device computes only its shards.

@@ -1,7 +1,7 @@
 """Evaluation counts every example exactly once at any device count: a split of 37 examples (a
-multiple of no global batch used here) evaluated on meshes of 1, 3 and 8 devices gives the
-count, the correct predictions and the summed loss of all 37 computed in one host batch. A
-duplicated or dropped example would change the loss sum.
+multiple of no global batch used here) evaluated by the classification evaluator on meshes of 1,
+3 and 8 devices gives the count, the correct predictions and the summed loss of all 37 computed
+in one host batch. A duplicated or dropped example would change the loss sum.
 
 The meshes are slices of one subprocess's 8 fake CPU devices (this file run as a script).
 """
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from cli import ROOT, command, env, run
 
-from jtransfer import data, sharding, train
+from jtransfer import base_config, data, evaluators, sharding, tasks
 
 N = 37
 CASES = ((1, 8), (3, 6), (8, 16))  # (devices, global eval batch)
@@ -41,17 +41,18 @@ def _evaluate_all() -> dict:
         "reference": [
             N,
             int(np.sum(np.argmax(logits, -1) == y)),
-            float(train.cross_entropy(logits, y).sum()),
+            float(tasks.cross_entropy(logits, y).sum()),
         ]
     }
+    config = base_config.get_config()
+    config.pp_eval, config.data.eval_split = "", "test"
+    task = tasks.build(config, source.class_names)
     for devices, global_batch in CASES:
         mesh = sharding.make_mesh(devices=jax.devices()[:devices])
-        replicated = sharding.replicated(mesh)
-        step = jax.jit(train.make_eval_step(model), out_shardings=replicated)
-        batches = data.eval_batches(
-            source, "test", "", global_batch, process_index=0, process_count=1
-        )
-        result = train.evaluate(step, jax.device_put(variables, replicated), batches, mesh)
+        config.eval_batch_size = global_batch
+        context = evaluators.Context(task, model, source, mesh, config)
+        evaluator = evaluators.EVALUATORS["classification"]({}, context)
+        result = evaluator.run(jax.device_put(variables, sharding.replicated(mesh)))
         count = result["count"]
         out[devices] = [count, round(result["accuracy"] * count), result["loss"] * count]
     return out

@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jtransfer import base_config, cost, tasks
 from jtransfer.optim import build_optimizer
+from jtransfer.phase import make_train_step
 from jtransfer.policy import Policy
-from jtransfer.train import make_eval_step, make_train_step
+
+TASK = tasks.build(base_config.get_config(), ["a", "b", "c", "d"])
 
 
 class Backbone(nn.Module):
@@ -51,7 +54,7 @@ def _setup(policy_pairs):
         "opt_state": tx.init(params),
         "rng": jax.random.PRNGKey(2),
     }
-    step = jax.jit(make_train_step(model, tx, policy.trainable_mask(params)))
+    step = jax.jit(make_train_step(model, TASK.loss, tx, policy.trainable_mask(params)))
     batch = {"image": x, "label": jnp.arange(8) % 4, "mask": jnp.ones(8)}
     return model, state, step, batch
 
@@ -82,39 +85,24 @@ def test_frozen_backbone_costs_no_backward_compute():
     probe = _flops([("head/.*", "train"), (".*", "frozen")])
     lower = _flops([("backbone/(stage1|bn1)/.*", "frozen"), (".*", "train")])
     model, state, _, batch = _setup([(".*", "train")])
-    forward = jax.jit(make_eval_step(model)).lower(state, batch).compile().cost_analysis()["flops"]
-    assert probe < 1.3 * forward  # forward only, no backward through the convs
-    assert lower < full and full > 2.5 * forward
+
+    def forward(variables, batch):
+        return TASK.loss(model.apply(variables, batch["image"], train=False), batch)[0]
+
+    variables = {k: state[k] for k in ("params", "batch_stats")}
+    forward_flops = cost.flops(jax.jit(forward), variables, batch)
+    assert probe < 1.3 * forward_flops  # forward only, no backward through the convs
+    assert lower < full and full > 2.5 * forward_flops
 
 
-def test_eval_step_masks_padding():
-    model, state, _, batch = _setup([(".*", "train")])
-    batch["mask"] = jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)
-    out = jax.jit(make_eval_step(model))(state, batch)
-    assert float(out["count"]) == 3
-
-
-def test_strategy_settings_that_cannot_work_are_errors():
-    import ml_collections
-    import pytest
-
-    from jtransfer.policy import NormEval, PolicyError
-    from jtransfer.train import _check_strategies
-
-    policy = Policy.from_pairs([("head/.*", "train"), (".*", {"start_step": 10})])
-    norm = NormEval.from_config([("backbone/.*", 12)])
-
-    def check(**fields):
-        _check_strategies(ml_collections.ConfigDict(fields), policy, norm, 20)
-
-    check(ema_decay=0.999, wise_ft_alphas=(0.0, 1.0))
-    with pytest.raises(ValueError, match=r"wise_ft_alphas must lie in \[0, 1\], got \[1.5, -0.1\]"):
-        check(wise_ft_alphas=(0.5, 1.5, -0.1))
-    with pytest.raises(ValueError, match="ema_decay must be in"):
-        check(ema_decay=1.0)
-    with pytest.raises(PolicyError, match=r"after the run's last step 9: '.\*' \(start_step 10\)"):
-        _check_strategies(ml_collections.ConfigDict(), policy, NormEval(), 10)
-    with pytest.raises(PolicyError, match=r"norm_eval 'backbone/.\*' \(until_step 12\)"):
-        _check_strategies(
-            ml_collections.ConfigDict(), Policy.from_pairs([(".*", "train")]), norm, 12
-        )
+def test_classification_loss_counts_only_the_real_examples_of_a_padded_batch():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(8, 4)), jnp.float32)
+    labels = jnp.arange(8) % 4
+    mask = jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)
+    loss, metrics = TASK.loss(logits, {"image": jnp.zeros((8, 1)), "label": labels, "mask": mask})
+    real = tasks.cross_entropy(logits[:3], labels[:3])
+    np.testing.assert_allclose(loss, real.mean(), rtol=1e-6)
+    correct = jnp.argmax(logits[:3], -1) == labels[:3]
+    np.testing.assert_allclose(metrics["accuracy"], correct.mean())
+    unmasked, _ = TASK.loss(logits, {"image": jnp.zeros((8, 1)), "label": labels})
+    np.testing.assert_allclose(unmasked, tasks.cross_entropy(logits, labels).mean(), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Gradient accumulation and bfloat16 compute in the train step (`train.make_train_step`).
+"""Gradient accumulation and bfloat16 compute in the train step (`phase.make_train_step`).
 
 Accumulating k micro-batches must give the update of the whole batch (≤ 1e-5 relative) for a
 model without batch statistics (ViT) and for BatchNorm in inference mode; BatchNorm that trains
@@ -10,17 +10,18 @@ optimizer state float32.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from jtransfer import models, optim, train
+from jtransfer import base_config, models, optim, phase, tasks
+from jtransfer.errors import JTransferError
 from jtransfer.models.heads import ClassificationHead, ImageClassifier
 from jtransfer.models.layers import ConvBN
 from jtransfer.policy import Policy, flatten
 
 BATCH = 16
+NAMES = [str(i) for i in range(10)]
 
 
 def _setup(model, pairs=((".*", "train"),)):
@@ -37,7 +38,7 @@ def _setup(model, pairs=((".*", "train"),)):
     tx = optim.build_optimizer(
         {"name": "sgd"}, optax.constant_schedule(0.1), policy, params, 1e-4, 1.0
     )
-    state = train.initial_state(
+    state = phase.initial_state(
         params, variables.get("batch_stats", {}), tx=tx, mask=mask, phase=0, seed=0, ema=False
     )
     return state, batch, tx, mask
@@ -46,7 +47,8 @@ def _setup(model, pairs=((".*", "train"),)):
 def _updates(model, accum_steps, pairs=((".*", "train"),)):
     """(parameter updates, new batch statistics, metrics) of one step from the same state."""
     state, batch, tx, mask = _setup(model, pairs)
-    step = jax.jit(train.make_train_step(model, tx, mask, grad_accum_steps=accum_steps))
+    loss = tasks.build(base_config.get_config(), NAMES).loss
+    step = jax.jit(phase.make_train_step(model, loss, tx, mask, grad_accum_steps=accum_steps))
     new, metrics = step(state, batch)
     delta = jax.tree.map(jnp.subtract, new["params"], state["params"])
     return flatten(jax.device_get(delta)), jax.device_get(new["batch_stats"]), metrics
@@ -93,14 +95,16 @@ def test_accumulation_with_batchnorm_in_inference_mode_and_frozen_layers():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
-    def config(dtype):
-        return ml_collections.ConfigDict({"model": {"name": "vit_ti16"}, "compute_dtype": dtype})
+    def task(dtype):
+        config = base_config.get_config()
+        config.model.name, config.compute_dtype = "vit_ti16", dtype
+        return tasks.build(config, NAMES)
 
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        model = train.build_model(config(dtype), 10)
+        model = task(dtype).build_model()
         state, batch, tx, mask = _setup(model)
-        step = jax.jit(train.make_train_step(model, tx, mask))
+        step = jax.jit(phase.make_train_step(model, task(dtype).loss, tx, mask))
         if dtype == "bfloat16":
             assert "bf16" in str(jax.make_jaxpr(step)(state, batch))
         state, metrics = step(state, batch)
@@ -111,5 +115,5 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
         }
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
     assert losses["bfloat16"] != losses["float32"]
-    with pytest.raises(ValueError, match="unknown compute_dtype 'float16'"):
-        train.build_model(config("float16"), 10)
+    with pytest.raises(JTransferError, match="unknown compute_dtype 'float16'"):
+        task("float16").build_model()

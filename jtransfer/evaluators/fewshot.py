@@ -42,7 +42,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jtransfer import data, graft, models, pretrained, sharding
+from jtransfer.evaluators.base import Context
 from jtransfer.evaluators.features import extract_features
 
 L2_REG = 2.0**10  # big_vision's configs/common_fewshot.py
@@ -195,6 +197,38 @@ class FewShotEvaluator:
             l2_reg=self.l2_reg,
             class_names=self.class_names,
         )
+
+
+class ModelFewShot:
+    """The few-shot evaluator of a run (`config.evals` type 'fewshot'): pooled features of the
+    run's model on its image source, whatever the head trains on.
+
+    Options: `shots`, `seeds`, `l2_reg`, `train_split` (the support sets' split, default the
+    run's), `split` and `pp` (the test split and its preprocessing).
+    """
+
+    def __init__(self, options: Mapping[str, Any], context: Context):
+        split, pp = context.split_and_pp(options)
+        self._evaluator = FewShotEvaluator(
+            context.source,
+            options.get("train_split", context.config.data.train_split),
+            split,
+            pp,
+            context.config.eval_batch_size,
+            context.mesh,
+            shots=options.get("shots", DEFAULT_SHOTS),
+            seeds=options.get("seeds", DEFAULT_SEEDS),
+            l2_reg=options.get("l2_reg", L2_REG),
+        )
+        model = context.model
+        self._features = jax.jit(
+            lambda v, x: model.apply(v, x, train=False, method="features"),
+            out_shardings=sharding.replicated(context.mesh),
+        )
+
+    def run(self, variables: Mapping[str, Any]) -> dict[str, float]:
+        variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        return self._evaluator.run(lambda images: self._features(variables, images))
 
 
 def check_shots(shots: Sequence[int]) -> tuple[int, ...]:

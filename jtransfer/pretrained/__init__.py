@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jtransfer.errors import JTransferError
 from jtransfer.pretrained import (
     bit,
     efficientnet_lite,
@@ -93,7 +94,9 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         return native.flatten(orbax_reader.read_run(path))
     if path.suffix not in READERS:
-        raise ValueError(f"no reader for {path.suffix!r} files ({path}); known: {sorted(READERS)}")
+        raise JTransferError(
+            f"no reader for {path.suffix!r} files ({path}); known: {sorted(READERS)}"
+        )
     return READERS[path.suffix](path)
 
 
@@ -116,14 +119,14 @@ def _load_whole(name_or_path: str, model: str | None) -> dict:
     if name_or_path in SOURCES:
         source = SOURCES[name_or_path]
         if model is not None and model != source.model:
-            raise ValueError(f"{name_or_path!r} holds {source.model} weights, not {model}")
+            raise JTransferError(f"{name_or_path!r} holds {source.model} weights, not {model}")
         return KEY_MAPS[source.model](source.reader(source.path()), source.model)
 
     path = Path(name_or_path)
     if not path.exists():
         close = difflib.get_close_matches(name_or_path, SOURCES, n=3)
         hint = f"; did you mean {close}?" if close else ""
-        raise ValueError(
+        raise JTransferError(
             f"{name_or_path!r} is neither a pretrained source nor a file or run directory; "
             f"valid sources: {sorted(SOURCES)}{hint}"
         )
@@ -132,14 +135,16 @@ def _load_whole(name_or_path: str, model: str | None) -> dict:
         tree = native.unflatten(flat)
         problems = native.misfits(tree, model, complete=False) if model is not None else []
         if problems:
-            raise ValueError(
+            raise JTransferError(
                 f"{path} holds a jtransfer tree that is not {model} ({len(problems)} paths):\n  "
                 + "\n  ".join(problems)
             )
         return tree
     if model not in KEY_MAPS:
-        raise ValueError(f"loading {path} needs model= one of {sorted(KEY_MAPS)} (got {model!r})")
+        raise JTransferError(
+            f"loading {path} needs model= one of {sorted(KEY_MAPS)} (got {model!r})"
+        )
     try:
         return KEY_MAPS[model](flat, model)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise JTransferError(f"{path}: {e}") from e

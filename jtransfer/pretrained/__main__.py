@@ -1,15 +1,16 @@
 """`python -m jtransfer.pretrained inspect FILE`: the tree of a weights file and its model.
 
 A subcommand rather than a flag so that later tools on weights files sit beside `inspect`
-without changing its usage. Errors (unknown format, unreadable file) exit with their message
-alone: they already name the file and what is wrong with it.
+without changing its usage. Errors (unknown format, unreadable file) are one `error:` line
+naming the file and what is wrong with it, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
+from jtransfer.console import usage_error
+from jtransfer.errors import JTransferError
 from jtransfer.pretrained import inspection
 
 
@@ -23,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         print(inspection.report(args.path))
-    except ValueError as e:
-        sys.exit(str(e))
+    except JTransferError as e:
+        usage_error(str(e))
 
 
 if __name__ == "__main__":

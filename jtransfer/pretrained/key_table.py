@@ -17,6 +17,8 @@ from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
+from jtransfer.errors import JTransferError
+
 Transform = Callable[[np.ndarray], np.ndarray]
 # torch key -> (Flax path starting with the collection, torch shape, torch -> Flax layout)
 Table = dict[str, tuple[tuple[str, ...], tuple[int, ...], Transform]]
@@ -24,7 +26,7 @@ Table = dict[str, tuple[tuple[str, ...], tuple[int, ...], Transform]]
 MultiTable = dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...], Callable]]
 
 
-class KeyMapError(ValueError):
+class KeyMapError(JTransferError):
     """A state dict that is not the table's model; `problems` lists (kind, key or reason)."""
 
     def __init__(self, title: str, problems: Sequence[tuple[str, str]]):

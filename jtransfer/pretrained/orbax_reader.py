@@ -22,11 +22,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jtransfer.errors import JTransferError
+
 COLLECTIONS = ("params", "batch_stats")
 _ITEM = "default"  # the item name orbax's CheckpointManager gives a single unnamed item
 
 
-class OrbaxCheckpointError(ValueError):
+class OrbaxCheckpointError(JTransferError):
     """The directory holds no readable orbax checkpoint of a jtransfer run."""
 
 

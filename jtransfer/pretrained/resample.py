@@ -30,8 +30,10 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from jtransfer.errors import JTransferError
 
-class ResampleError(ValueError):
+
+class ResampleError(JTransferError):
     """A leaf matched a resampling rule but its shapes do not allow it."""
 
 

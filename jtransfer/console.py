@@ -1,0 +1,56 @@
+"""What a user sees on the console: the run's own lines, and bad input as one line.
+
+- `say`: a line of the run, printed by process 0 only, so a multi-host run has one console.
+- `usage_error`: how every command refuses bad input: `error: ...` on one line of stderr and
+  exit status 2, no traceback.
+- `quiet_libraries`: TensorFlow prints start-up lines from C++ when it is imported ("oneDNN
+  custom operations are on", the absl pre-initialisation warning) that no environment variable
+  of this TensorFlow version turns off, and absl, TFDS and orbax log warnings a run does not
+  act on. Unless the user asks for them (`--verbose`), TensorFlow is imported with stderr
+  pointed at /dev/null and the Python loggers are set to errors only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NoReturn
+
+import jax
+
+from jtransfer.errors import USAGE_EXIT_CODE
+
+
+def say(message: str) -> None:
+    """A console line, from process 0 only."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def usage_error(message: str) -> NoReturn:
+    """`error: message` as one line on stderr, then exit status 2."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT_CODE)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Silences the libraries' start-up lines and warnings unless `verbose`; call it before
+    anything imports TensorFlow."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # orbax, TFDS and JAX log through it
