@@ -7,7 +7,9 @@
   custom operations are on", the absl pre-initialisation warning) that no environment variable
   of this TensorFlow version turns off, and absl, TFDS and orbax log warnings a run does not
   act on. Unless the user asks for them (`--verbose`), TensorFlow is imported with stderr
-  pointed at /dev/null and the Python loggers are set to errors only.
+  pointed at /dev/null and the Python loggers are set to errors only. The warnings jtransfer
+  itself gives (boxes dropped from a dataset, ...) print as `warning: ...` lines, without the
+  source line that Python's default format adds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 import jax
@@ -54,3 +57,4 @@ def quiet_libraries(verbose: bool = False) -> None:
 
     absl_logging.set_verbosity(absl_logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)  # orbax, TFDS and JAX log through it
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jtransfer import cost, models, presets
+from jtransfer import cost, models, presets, tasks
 from jtransfer.models import efficientnet_lite_spec
 
 pytestmark = pytest.mark.slow
@@ -49,3 +49,38 @@ def test_frozen_layers_cost_no_backward(setup):
         assert full <= 3.3 * forward, (clip, full / forward)
         assert _step_flops(setup, probe_pairs, grad_clip_norm=clip) <= 0.40 * full
         assert _step_flops(setup, half_frozen_pairs(), grad_clip_norm=clip) <= 0.85 * full
+
+
+def test_a_frozen_backbone_costs_no_backward_in_a_dense_model():
+    """Segmentation (FPN neck + head on Lite0, 96 px): freezing the backbone removes its
+    backward pass and nothing else. What remains is the forward pass plus about twice the
+    neck and head's forward (their backward); what freezing saved is at least 1.5 times the
+    backbone's forward. Freezing stages in between costs in between."""
+    images = jnp.zeros((4, 96, 96, 3))
+    batch = {"image": images, "segmentation": jnp.zeros((4, 96, 96), jnp.int32)}
+    batch["mask"] = batch["label"] = jnp.ones(4, jnp.int32)
+
+    def config(pairs, task="segmentation"):
+        c = cost.strategy_config(MODEL, pairs, norm_eval=("backbone/.*",))
+        c.task.name = task
+        return c
+
+    def variables(task):
+        model = tasks.build(config([], task), ["a", "b"]).build_model()
+        return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images[:1], train=False))
+
+    dense = variables("segmentation")
+    forward = cost.flops(cost.forward(config([]), 2), dense, batch)
+    backbone = cost.flops(
+        cost.forward(config([], "classification"), 2), variables("classification"), batch
+    )
+
+    def step(pairs):
+        return cost.flops(*cost.step_and_state(config(pairs), dense, 2), batch)
+
+    full = step([(".*", "train")])
+    frozen_backbone = step(presets.freeze("head", MODEL, neck=True)[0])
+    frozen_stages = step(presets.freeze(3, MODEL)[0])
+    assert frozen_backbone <= forward + 2.1 * (forward - backbone)
+    assert full >= frozen_backbone + 1.5 * backbone
+    assert frozen_backbone < frozen_stages < full

@@ -184,7 +184,11 @@ def test_imagenet_class_names_are_the_synsets_in_class_index_order():
 
 def test_reference_preprocessing_is_the_central_87_5_percent_at_native_resolution():
     sources = pretrained.SOURCES
-    assert predict.imagenet_models() == [f"efficientnet_lite{n}" for n in range(3)]
+    assert predict.imagenet_models() == [
+        *(f"efficientnet_lite{n}" for n in range(3)),
+        "resnet50",
+        *("vit_b16", "vit_b32", "vit_l16", "vit_s16"),
+    ]
     # tensorflow/tpu's EfficientNet eval: crop padding round(res / 7) around the native size.
     expected = {0: (256, 224), 1: (274, 240), 2: (297, 260)}
     for n, (resize, res) in expected.items():
@@ -229,7 +233,8 @@ def test_unknown_model_is_one_line_naming_it_and_the_valid_ones(tmp_path):
     _refused(
         done,
         "no ImageNet weights for model 'resnet5'; "
-        "valid: ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']",
+        "valid: ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'resnet50', "
+        "'vit_b16', 'vit_b32', 'vit_l16', 'vit_s16']",
     )
 
 

@@ -4,8 +4,8 @@ The trainer (`jtransfer.train`) and the phase builder (`jtransfer.phase`) know n
 call these methods. A task module holds everything that differs between classification,
 segmentation and detection — the head it puts on the backbone, its loss (with the per-example
 padding weight and, where it has one, the ignore label), the batch features its data must carry,
-the evaluator a run uses by default, and how `predict` shows an output — so adding a task is one
-new module and one registry entry.
+the evaluator a run uses by default, and how `predict` shows an output (`describe` as text, `draw`
+as a picture) — so adding a task is one new module and one registry entry.
 
 Batches are dicts of arrays: 'image' float32 (B, H, W, 3) and the task's `features`; evaluation
 batches also carry 'mask' (B,), 1 for a real example and 0 for the padding of the last batch.
@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from PIL import Image
 
 from jtransfer.errors import JTransferError
 
@@ -76,6 +78,15 @@ class Task(abc.ABC):
     def predict(self, outputs: Any, image_size: tuple[int, int]) -> dict[str, jax.Array]:
         """What the model predicts for each example of a batch of `image_size` (H, W) inputs,
         as arrays with a leading batch axis (jit-able)."""
+
+    @abc.abstractmethod
+    def describe(self, prediction: dict[str, np.ndarray], top_k: int) -> list[str]:
+        """Lines of text for one example's prediction (arrays without the batch axis)."""
+
+    @abc.abstractmethod
+    def draw(self, image: np.ndarray, prediction: dict[str, np.ndarray]) -> Image.Image:
+        """A picture of one example's prediction on `image`, the (H, W, 3) uint8 view of what
+        the model saw."""
 
     def check_source(self, source) -> None:
         """The dataset must carry the task's features and at least two classes."""

@@ -12,9 +12,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from PIL import Image
 
-from jtransfer import models
+from jtransfer import models, visualize
 from jtransfer.tasks.base import Batch, Task, example_weights
 
 
@@ -45,3 +47,14 @@ class Classification(Task):
 
     def predict(self, outputs: jax.Array, image_size: tuple[int, int]) -> dict[str, Any]:
         return {"label": jnp.argmax(outputs, -1), "probabilities": jax.nn.softmax(outputs, -1)}
+
+    def describe(self, prediction: dict[str, np.ndarray], top_k: int) -> list[str]:
+        """The `top_k` most probable classes, 'probability  name', most probable first."""
+        probabilities = prediction["probabilities"]
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        return [f"{probabilities[i]:.4f}  {self.class_names[i]}" for i in order]
+
+    def draw(self, image: np.ndarray, prediction: dict[str, np.ndarray]) -> Image.Image:
+        best = int(np.argmax(prediction["probabilities"]))
+        probability = float(prediction["probabilities"][best])
+        return visualize.label(image, f"{self.class_names[best]} {probability:.2f}")

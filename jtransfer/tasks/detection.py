@@ -16,8 +16,10 @@ import functools
 
 import flax.linen as nn
 import jax
+import numpy as np
+from PIL import Image
 
-from jtransfer import models
+from jtransfer import models, visualize
 from jtransfer.models import fcos
 from jtransfer.tasks.base import Batch, Task, example_weights
 
@@ -53,4 +55,23 @@ class Detection(Task):
             strides=self.strides,
             score_threshold=self.config.task.score_threshold,
             max_detections=self.config.task.max_detections,
+        )
+
+    def describe(self, prediction: dict[str, np.ndarray], top_k: int) -> list[str]:
+        """The `top_k` best detections, 'score  class  [ymin, xmin, ymax, xmax]' (normalised)."""
+        valid = np.flatnonzero(prediction["valid"])[:top_k]
+        return [
+            f"{prediction['scores'][i]:.4f}  {self.class_names[prediction['classes'][i]]}  "
+            f"[{', '.join(f'{v:.3f}' for v in prediction['boxes'][i])}]"
+            for i in valid
+        ]
+
+    def draw(self, image: np.ndarray, prediction: dict[str, np.ndarray]) -> Image.Image:
+        valid = prediction["valid"]
+        return visualize.draw_boxes(
+            image,
+            prediction["boxes"][valid],
+            prediction["classes"][valid],
+            prediction["scores"][valid],
+            self.class_names,
         )

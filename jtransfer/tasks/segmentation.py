@@ -11,8 +11,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from PIL import Image
 
-from jtransfer import models
+from jtransfer import models, visualize
 from jtransfer.models.segmentation import segmentation_loss
 from jtransfer.tasks.base import Batch, Task, example_weights
 
@@ -38,3 +40,13 @@ class Segmentation(Task):
 
     def predict(self, outputs: jax.Array, image_size: tuple[int, int]) -> dict[str, jax.Array]:
         return {"segmentation": jnp.argmax(outputs, -1).astype(jnp.int32)}
+
+    def describe(self, prediction: dict[str, np.ndarray], top_k: int) -> list[str]:
+        """The share of the image each predicted class covers, largest first."""
+        counts = np.bincount(prediction["segmentation"].ravel(), minlength=self.num_classes)
+        shares = counts / max(counts.sum(), 1)
+        order = np.argsort(-shares, kind="stable")[:top_k]
+        return [f"{shares[i]:.4f}  {self.class_names[i]}" for i in order if counts[i]]
+
+    def draw(self, image: np.ndarray, prediction: dict[str, np.ndarray]) -> Image.Image:
+        return visualize.overlay_mask(image, prediction["segmentation"])
