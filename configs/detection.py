@@ -9,7 +9,8 @@ Arguments (`:key=value,...`):
   layout    how the folder is laid out, one of LAYOUTS (default voc); another layout is
             --config.data.* fields (format, images, annotations, split_files, class_map)
   strategy  scratch, full, frozen_backbone, frozen_stages, gradual, lp_ft, llrd, l2sp, bitfit,
-            ema, wise_ft (see configs/transfer.py; "the head" is the neck and the head here)
+            ema, wise_ft, lora, adapter, vpt (see configs/transfer.py; "the head" is the neck
+            and the head here)
   res       the longer side of the input, a multiple of 32 (images keep their aspect ratio and
             are padded to res x res)
   epochs, batch, lr   training length, global batch size, peak learning rate (AdamW)
@@ -26,7 +27,7 @@ Results on ../shared/data/bccd and the pet heads, 2 shared CPU cores: see the RE
 ("Segmentation and detection").
 """
 
-from jtransfer import base_config, config_args, presets
+from jtransfer import base_config, config_args, presets, pretrained
 
 LAYOUTS = {
     # PASCAL VOC: JPEGImages/, Annotations/*.xml, ImageSets/Main/{split}.txt (e.g. BCCD)
@@ -67,9 +68,10 @@ def get_config(arg=None):
     config_args.positive(a, ints=("boxes",))
     c = base_config.dense("detection", a, LAYOUTS, TFDS)  # every field, commented
     res, boxes = a["res"], a["boxes"]
+    norm = pretrained.normalization_pp(c.pretrained.source)  # the inputs the weights saw
     augment = f"random_scale_crop({res}, 0.8, 1.25)|flip_lr"
-    c.pp_train = f"decode|{augment}|value_range(-1, 1)|pad_boxes({boxes})"
-    c.pp_eval = f"decode|resize_pad({res})|value_range(-1, 1)|pad_boxes({boxes})"
+    c.pp_train = f"decode|{augment}|{norm}|pad_boxes({boxes})"
+    c.pp_eval = f"decode|resize_pad({res})|{norm}|pad_boxes({boxes})"
     c.eval_batch_size = 8
     c.lock()
     return c

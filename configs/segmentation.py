@@ -9,7 +9,8 @@ Arguments (`:key=value,...`):
   layout    how the folder is laid out, one of LAYOUTS (default oxford_pet); another layout is
             --config.data.* fields (format, images, masks, split_files, classes, mask_values)
   strategy  scratch, full, frozen_backbone, frozen_stages, gradual, lp_ft, llrd, l2sp, bitfit,
-            ema, wise_ft (see configs/transfer.py; "the head" is the neck and the head here)
+            ema, wise_ft, lora, adapter, vpt (see configs/transfer.py; "the head" is the neck
+            and the head here)
   res       square input size, a multiple of 32
   epochs, batch, lr   training length, global batch size, peak learning rate (AdamW)
   and each strategy's knob (jtransfer.presets.STRATEGY_KNOBS)
@@ -22,7 +23,7 @@ Result on ../shared/data/oxford_pets3 (pet vs background, trimap boundary ignore
 test), 2 shared CPU cores: see the README ("Segmentation and detection").
 """
 
-from jtransfer import base_config, config_args, presets
+from jtransfer import base_config, config_args, presets, pretrained
 
 LAYOUTS = {
     # The Oxford-IIIT Pet archive (what TFDS's oxford_iiit_pet extracts): trimaps 1 pet,
@@ -68,8 +69,9 @@ def get_config(arg=None):
     a = config_args.parse(arg, DEFAULTS)
     c = base_config.dense("segmentation", a, LAYOUTS, TFDS)  # every field, commented
     res = a["res"]
-    c.pp_train = f"decode|random_scale_crop({res}, 0.5, 2.0)|flip_lr|value_range(-1, 1)"
-    c.pp_eval = f"decode|resize_pad({res})|value_range(-1, 1)"
+    norm = pretrained.normalization_pp(c.pretrained.source)  # the inputs the weights saw
+    c.pp_train = f"decode|random_scale_crop({res}, 0.5, 2.0)|flip_lr|{norm}"
+    c.pp_eval = f"decode|resize_pad({res})|{norm}"
     c.eval_batch_size = 16
     c.lock()
     return c

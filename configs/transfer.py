@@ -4,13 +4,17 @@
       --config=configs/transfer.py:data=../shared/data/hymenoptera,strategy=linear_probe
 
 Arguments (`:key=value,...`):
-  model     a jtransfer.models name (default efficientnet_lite0); its ImageNet weights are loaded
+  model     a jtransfer.models name (default efficientnet_lite0); its registered MODEL/imagenet
+            weights are loaded (downloaded once; `python -m jtransfer.pretrained list`), and the
+            inputs are normalised the way those weights were trained (ImageNet mean/std for
+            torchvision's ResNet-50, [-1, 1] for BiT, AugReg ViTs and EfficientNet-Lite)
   data      a TFDS name (splits train/test) or an image-folder root (splits train/val)
   strategy  one of STRATEGIES below (default full)
-  res       input resolution
+  res       input resolution (default: the weights' native one, e.g. 224; 240 for lite1)
   epochs, batch, lr   training length, global batch size, peak learning rate
   fewshot   shots of the few-shot ridge evaluator run beside accuracy, e.g. [1,5,10]; []: off
-  and each strategy's knob: stages, unfreeze (epochs), lp_epochs, llrd, l2sp, ema, alphas
+  and each strategy's knob: stages, unfreeze (epochs), lp_epochs, llrd, l2sp, ema, alphas,
+  rank, bottleneck, prompts
 
 Strategies (each keeps every frozen parameter and BatchNorm statistic bit-identical):
   scratch        train everything from a random initialisation (the baseline transfer must beat)
@@ -25,6 +29,11 @@ Strategies (each keeps every frozen parameter and BatchNorm statistic bit-identi
   bitfit         biases and the head (`bitfit_scales=True`: normalisation scales too)
   ema            full fine-tuning, weights' moving average (`ema` decay) evaluated alongside
   wise_ft        full fine-tuning, then the interpolations with the start at `alphas`
+  lora           LoRA factors of rank `rank` on the backbone's kernels (ViT attention and MLP,
+                 CNN 1x1 convolutions; --config.model.lora_targets / lora_scale) and the head;
+                 `python -m jtransfer.export` merges them into plain weights
+  adapter        a bottleneck adapter (`bottleneck` wide) after each block, and the head
+  vpt            `prompts` visual prompt tokens in every block (ViT only) and the head
 
 Results on ../shared/data/hymenoptera at res=224, EfficientNet-Lite0 ImageNet weights, 2 shared
 CPU cores (other jobs running, so times are upper bounds):
@@ -37,13 +46,13 @@ CPU cores (other jobs running, so times are upper bounds):
 
 import os
 
-from jtransfer import base_config, config_args, presets
+from jtransfer import base_config, config_args, presets, pretrained
 
 DEFAULTS = {
     "model": "efficientnet_lite0",
     "data": "digits",
     "strategy": "full",
-    "res": 224,
+    "res": None,  # None: the pretrained source's native resolution
     "epochs": 10,
     "batch": 32,
     "lr": None,  # None: 0.1 for the probes, 0.01 otherwise
@@ -58,9 +67,15 @@ def get_config(arg=None):
     a = config_args.parse(arg, DEFAULTS)
     strategy, model = a["strategy"], a["model"]
     config_args.choice("strategy", strategy, STRATEGIES)
+    source = pretrained.SOURCES.get(f"{model}/imagenet")  # None: an error when it is loaded
+    if a["res"] is None:
+        a["res"] = source.resolution if source is not None else 224
     config_args.positive(a, ints=("res", "batch"), numbers=("epochs",))
     folder = os.path.isdir(os.path.expanduser(str(a["data"])))
     res = int(a["res"])
+    # The inputs the weights were trained on; --config.pp_* overrides that contradict it are
+    # warned about at startup (pretrained.preprocessing_warnings).
+    norm = pretrained.normalization_pp(f"{model}/imagenet")
     c = base_config.get_config()  # every field, commented
     c.model.name = model  # a jtransfer.models name
     c.pretrained.source = f"{model}/imagenet"
@@ -72,8 +87,8 @@ def get_config(arg=None):
     # needs a deterministic view); fine-tuning wants random crops.
     crop = f"central_crop({res})" if probe else f"random_crop({res})|flip_lr"
     flip = "|flip_lr" if strategy == "linear_probe" else ""
-    c.pp_train = f"decode|resize_small({resize})|{crop}{flip}|value_range(-1, 1)"
-    c.pp_eval = f"decode|resize_small({resize})|central_crop({res})|value_range(-1, 1)"
+    c.pp_train = f"decode|resize_small({resize})|{crop}{flip}|{norm}"
+    c.pp_eval = f"decode|resize_small({resize})|central_crop({res})|{norm}"
 
     presets.apply_strategy(c, strategy, a)
 

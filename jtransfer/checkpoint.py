@@ -2,8 +2,20 @@
 
 The saved pytree is the whole train state (step, parameters, batch statistics, optimizer state,
 RNG); the data position needs nothing extra because the input order is a pure function of
-(seed, step). Orbax writes each step into a temporary directory and renames it when complete, so
-a run killed mid-save resumes from the last complete step.
+(seed, step).
+
+A step counts once orbax has committed it: only committed steps are resumed from (orbax's own
+`latest_step`) or read (`is_complete`, used by `pretrained.orbax_reader`), so a run killed
+mid-save resumes from the last complete step. How orbax commits depends on the file system. On
+a local disk it writes the step under a temporary name and renames the directory. Cloud Storage
+has no directories to rename (a "rename" copies every object and then deletes it, so a reader
+could see half a step under the final name), and neither have FUSE mounts of object stores
+(gcsfuse refuses directory renames, or emulates them the same way); there the step is written in
+place under its final name, and `commit_success.txt`, written after every byte of it, is the
+commit: orbax's `AtomicityOptions(mode=COMMIT_FILE)`, which `needs_commit_file` picks for URLs
+and such mounts. Both ways leave the marker in a committed step, which is what `is_complete`
+checks. A half-written step of a killed run is deleted when the next run opens the directory
+(`cleanup_tmp_directories`; its first save waits for that).
 
 A workdir resumes only the run that made it: `check_resume_config` compares the config saved
 beside the checkpoints with the new one and names every field that would change the state or
@@ -16,14 +28,18 @@ since an exact resume is only defined for one config.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+from etils import epath
 from flax import traverse_util
 
 from jtransfer.errors import JTransferError
+from jtransfer.files import is_url
 
 # Dotted config fields (or prefixes of them) that a resumed run may change: what is logged,
 # evaluated or kept, and where the state lives (not its values).
@@ -75,20 +91,79 @@ def check_resume_config(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Non
 # Orbax's default splits the writing of each replicated array among its replicas, which first
 # compiles a slicing program per array and device: 14 s for the first save of a Lite0 state on 8
 # CPU devices, against 0.7 s when one replica writes each shard (measured). The saved bytes are
-# the same either way.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-)
+# the same either way. The override is deliberate: orbax's warning about it is kept off stderr.
+_verbosity = absl_logging.get_verbosity()
+absl_logging.set_verbosity(absl_logging.ERROR)
+try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
+finally:
+    absl_logging.set_verbosity(_verbosity)
+
+
+# File systems (`/proc/mounts` types) that cannot rename a directory atomically: FUSE mounts of
+# object stores.
+NO_ATOMIC_RENAME = ("fuse.gcsfuse", "fuse.s3fs", "fuse.rclone")
+COMMIT_FILE = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
+RENAME = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.ATOMIC_RENAME)
+
+
+def mount_type(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the file system mounted where `path` lies (None where the mount table cannot
+    be read: not Linux)."""
+    try:
+        with open(mounts) as f:
+            table = [line.split()[1:3] for line in f if line.strip()]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, kind = "", None
+    for point, fstype in table:
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)  # \040: space
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def needs_commit_file(directory: str, mounts: str = "/proc/mounts") -> bool:
+    """Whether saves to `directory` must be committed by a marker file rather than a rename: a
+    URL (`gs://`), or a path on a mount in `NO_ATOMIC_RENAME`."""
+    return is_url(directory) or mount_type(directory, mounts) in NO_ATOMIC_RENAME
+
+
+def is_complete(step_directory: str | os.PathLike) -> bool:
+    """Whether a step directory holds a finished save: it has orbax's commit marker, which both
+    ways of committing write last (a step written in place has its final name from the start)."""
+    return ocp.step.is_path_finalized(epath.Path(step_directory), atomicity_options=COMMIT_FILE)
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 2, asynchronous: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        keep: int = 2,
+        asynchronous: bool = True,
+        commit_file: bool | None = None,
+    ):
+        """Checkpoints in `directory` (a local path or a URL such as `gs://bucket/run/checkpoints`).
+        `commit_file`: commit each save with a marker file instead of a rename; None decides
+        from the directory (`needs_commit_file`)."""
+        directory = str(directory) if is_url(directory) else os.path.abspath(directory)
+        if commit_file is None:
+            commit_file = needs_commit_file(directory)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True
+            max_to_keep=keep,
+            enable_async_checkpointing=asynchronous,
+            create=True,
+            cleanup_tmp_directories=True,
+            atomicity_options=COMMIT_FILE if commit_file else RENAME,
         )
-        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self._manager = ocp.CheckpointManager(directory, options=options)
 
     def latest_step(self) -> int | None:
+        """The last complete step (None if there is none)."""
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:

@@ -8,6 +8,10 @@ A resumed run must not log a step twice: the steps after the restored checkpoint
 logged by the run that was interrupted, and are about to be logged again. So a writer opened at
 `resume_step` keeps only the rows up to that step and rebuilds the TensorBoard events from them
 (event files can only be appended to), so the two records always agree.
+
+Both go through `jtransfer.files` (and the events through TensorFlow's file systems), so a
+workdir may be a `gs://` path: the events then land in the bucket as they are flushed, not when
+the file is closed as through a FUSE mount.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping
 
 import jax
 
+from jtransfer import files
 from jtransfer.console import say
 
 METRICS_FILE = "metrics.jsonl"
@@ -42,10 +46,9 @@ def summary(result: Mapping[str, float]) -> str:
 def read_rows(workdir: str) -> list[dict]:
     """The rows of `workdir/metrics.jsonl`, in order (none if it does not exist)."""
     path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 class MetricWriter:
@@ -63,20 +66,18 @@ class MetricWriter:
             import tensorflow as tf  # the input pipeline's TensorFlow writes the events too
 
             self._scalar = tf.summary.scalar
-            os.makedirs(workdir, exist_ok=True)
+            files.makedirs(workdir)
             kept = [row for row in read_rows(workdir) if self._kept(row, resume_step)]
             path = os.path.join(workdir, METRICS_FILE)
-            with open(path + ".tmp", "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in kept)
-            os.replace(path + ".tmp", path)
+            files.write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
             events = os.path.join(workdir, TENSORBOARD_DIR)
-            shutil.rmtree(events, ignore_errors=True)
+            files.rmtree(events)
             self._tb = tf.summary.create_file_writer(events)
             for row in kept:
                 values = {k: v for k, v in row.items() if k != "step" and v is not None}
                 self._events(row["step"], values)
             self._tb.flush()
-            self._jsonl = open(path, "a")
+            self._jsonl = files.open_append(path)
         self._last = None  # (time, step) of the previous progress line
 
     def _kept(self, row: dict, resume_step: int) -> bool:

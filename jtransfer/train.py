@@ -43,6 +43,7 @@ from jtransfer import (
     distributed,
     evaluators,
     feature_cache,
+    files,
     graft,
     metrics,
     optim,
@@ -66,6 +67,10 @@ def train_and_evaluate(
     """Trains and evaluates; returns what final_eval.json holds. With `preemption`, saves and
     raises `distributed.Preempted` when it reports a preemption notice (the CLI passes one)."""
     check_config(config)
+    files.check_workdir(workdir)
+    pp = {"pp_train": config.pp_train, "pp_eval": config.pp_eval}
+    for warning in pretrained.preprocessing_warnings(config.pretrained.source, pp):
+        say(f"warning: {warning}")
     source = data.build_source(config.data)
     task = tasks.build(config, source.class_names)
     task.check_source(source)
@@ -102,7 +107,7 @@ def train_and_evaluate(
     variables, manifest = initial_variables(model, config, image_shape, layout)
 
     # Nothing is written to the workdir before this point.
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     write_json(workdir, "config.json", json.loads(config.to_json()))
     write_json(workdir, "graft_manifest.json", {"source": config.pretrained.source, **manifest})
     ckpt = checkpoint.Checkpointer(
@@ -331,7 +336,12 @@ def initial_variables(
     variables, manifest = graft.graft(abstract, loaded, config.pretrained.dont_load)
     fresh = manifest["reinitialized"]
     if fresh:
-        values = jax.jit(lambda r: {p: flatten(init(r))[p] for p in fresh})(rng)
+
+        def fresh_values(r):  # one trace of `init`, not one per fresh leaf (LoRA adds hundreds)
+            flat = flatten(init(r))
+            return {p: flat[p] for p in fresh}
+
+        values = jax.jit(fresh_values)(rng)
         variables = overlay(variables, unflatten(jax.device_get(values)))
     say(
         f"grafted {source}: {len(manifest['loaded'])} loaded, "
@@ -352,12 +362,9 @@ def wise_ft(start: dict, reinitialized: Iterable[str], state: State, alpha: floa
 
 
 def write_json(workdir: str, name: str, obj: Any) -> None:
-    """Process 0 writes; atomically, since other processes may read it (config.json)."""
+    """Process 0 writes; whole, since other processes may read it (config.json)."""
     if jax.process_index() == 0:
-        path = os.path.join(workdir, name)
-        with open(path + ".tmp", "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(path + ".tmp", path)
+        files.write_json(os.path.join(workdir, name), obj)
 
 
 def _finished_run(workdir: str, config: ml_collections.ConfigDict, total_steps: int) -> dict | None:
@@ -365,13 +372,11 @@ def _finished_run(workdir: str, config: ml_collections.ConfigDict, total_steps: 
     new or unfinished run. A workdir that holds another config's run is an error naming the
     fields that differ (`checkpoint.check_resume_config`)."""
     saved_config = os.path.join(workdir, "config.json")
-    if not os.path.exists(saved_config):
+    if not files.exists(saved_config):
         return None
-    with open(saved_config) as f:
-        checkpoint.check_resume_config(json.load(f), json.loads(config.to_json()))
+    checkpoint.check_resume_config(files.read_json(saved_config), json.loads(config.to_json()))
     final = os.path.join(workdir, "final_eval.json")
-    if not os.path.exists(final):
+    if not files.exists(final):
         return None
-    with open(final) as f:
-        result = json.load(f)
+    result = files.read_json(final)
     return result if result.get("step") == total_steps else None

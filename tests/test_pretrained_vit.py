@@ -22,6 +22,7 @@ from jtransfer import pretrained
 from jtransfer.graft import graft
 from jtransfer.models import build_model
 from jtransfer.models.vit_spec import variant
+from jtransfer.pretrained import cache
 from jtransfer.pretrained.vit import convert
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "vit_s16.npz")
@@ -180,22 +181,33 @@ def test_truncated_or_foreign_npz_names_the_file(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
-def test_vit_b16_loads_and_grafts_within_10s(tmp_path, suffix):
+@pytest.mark.parametrize(
+    "name", ["vit_b16/imagenet", "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"]
+)
+def test_vit_b16_loads_from_the_cache_and_grafts_within_10s(tmp_path, monkeypatch, name):
+    """The figure: a cached ViT-B/16 (AugReg `.npz`, timm `.safetensors`) by its registered
+    name to grafted variables in <= 10 s, its sha256 checked against the recorded one."""
+    monkeypatch.setenv("JTRANSFER_CACHE", str(tmp_path))
+    monkeypatch.setenv("JTRANSFER_OFFLINE", "1")  # the file is in the cache: no download
+    source = pretrained.SOURCES[name]
     b16 = variant("vit_b16")
-    shapes = npz_shapes(b16, "vit_jax") if suffix == ".npz" else timm_shapes(b16)
+    shapes = npz_shapes(b16, "vit_jax") if source.format == ".npz" else timm_shapes(b16)
     rng = np.random.default_rng(0)
     weights = {k: rng.standard_normal(s, np.float32) for k, s in shapes.items()}
     assert sum(w.size for w in weights.values()) > 86e6
-    path = _write(weights, tmp_path / f"vit_b16{suffix}")
+    path = cache.cache_path(source)
+    path.parent.mkdir(parents=True)
+    _write(weights, path)
     del weights
+    assert source.path() == path  # the first read records the file's hash
+    assert path.with_name(path.name + ".sha256").is_file()
     model = build_model("vit_b16", 1000)
     dummy = jnp.zeros((1, 224, 224, 3))
     init = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
 
     start = time.perf_counter()
-    variables, manifest = graft(init, pretrained.load(str(path), "vit_b16"))
+    variables, manifest = graft(init, pretrained.load(name, "vit_b16"))
     seconds = time.perf_counter() - start
-    print(f"ViT-B/16 {suffix}: file -> grafted variables in {seconds:.2f} s")
+    print(f"ViT-B/16 {source.format}: cache -> verified, grafted variables in {seconds:.2f} s")
     assert len(manifest["loaded"]) == 152 and not manifest["resampled"]
     assert seconds <= 10

@@ -8,20 +8,25 @@ and restores only the `params` and `batch_stats` subtrees (orbax's partial resto
 numpy arrays: no target structure, no device placement, no sharding of the run that saved it.
 
 A path may be the run's workdir (its latest step under `checkpoints/` is read), its
-`checkpoints/` directory, or one step directory `checkpoints/<step>`. Orbax names a step
-directory by its number only once the save is complete, so the latest complete step is the
-largest all-digit name. Every failure is an `OrbaxCheckpointError` naming the directory.
+`checkpoints/` directory, or one step directory `checkpoints/<step>`, on a local disk or at a
+URL orbax reaches (`gs://bucket/runs/RUN`: pass it as a string). A step counts only once its save
+is complete (`checkpoint.is_complete`: orbax's commit marker; a step written in place on Cloud
+Storage has its final name before it is complete), so the latest complete step is the largest
+complete all-digit name, and a step directory named explicitly must be complete. Every failure
+is an `OrbaxCheckpointError` naming the directory.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from jtransfer.checkpoint import is_complete
 from jtransfer.errors import JTransferError
 
 COLLECTIONS = ("params", "batch_stats")
@@ -32,22 +37,29 @@ class OrbaxCheckpointError(JTransferError):
     """The directory holds no readable orbax checkpoint of a jtransfer run."""
 
 
-def step_dir(path: str | Path) -> Path:
-    """The step directory that `path` (workdir, checkpoints/ or a step directory) stands for."""
-    path = Path(path)
+def step_dir(path: str | os.PathLike) -> epath.Path:
+    """The complete step directory that `path` (workdir, checkpoints/ or a step directory)
+    stands for."""
+    path = epath.Path(path)
     if (path / _ITEM).is_dir():
+        if not is_complete(path):
+            raise OrbaxCheckpointError(
+                f"{path} is a checkpoint whose save did not finish (it has no commit marker); "
+                "name a complete step, or the run's workdir for its latest complete step"
+            )
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()]
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and is_complete(p)]
     if not steps:
         raise OrbaxCheckpointError(
-            f"{path} holds no orbax checkpoint: expected a run's workdir (with checkpoints/), its "
-            f"checkpoints/ directory or a step directory checkpoints/<step>/{_ITEM}"
+            f"{path} holds no orbax checkpoint whose save finished: expected a run's workdir "
+            "(with checkpoints/), its checkpoints/ directory or a step directory "
+            f"checkpoints/<step>/{_ITEM}"
         )
     return root / str(max(steps))
 
 
-def read_run(path: str | Path) -> dict:
+def read_run(path: str | os.PathLike) -> dict:
     """`{'params': ..., 'batch_stats': ...}` (nested dicts of numpy arrays) saved at `path`."""
     item = step_dir(path) / _ITEM
     checkpointer = ocp.PyTreeCheckpointer()
