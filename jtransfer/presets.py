@@ -10,7 +10,10 @@ block granularity), so one preset serves every family:
   each listed epoch;
 - `lp_ft`: a linear probe, then everything trains from one epoch on (Kumar et al. 2022);
 - `layerwise_lr_decay`: learning rate `decay ** depth`, counted in blocks from the top;
-- `bitfit`: biases (and, by switch, normalisation scales) plus the head (Ben Zaken et al. 2022).
+- `bitfit`: biases (and, by switch, normalisation scales) plus the head (Ben Zaken et al. 2022);
+- `peft`: parameter-efficient fine-tuning, where what trains is added to a frozen backbone
+  (`models.peft`): LoRA factors (`lora`), bottleneck adapters (`adapter`) or visual prompts
+  (`vpt`, ViT only), plus the head; returns the model options that add them as well.
 
 The BatchNorm layers of a frozen subtree normalise with their running statistics and keep them
 (MMDetection's `norm_eval`, Keras's frozen BatchNorm) until the subtree starts training; for
@@ -28,6 +31,7 @@ from typing import Any
 
 from jtransfer import models
 from jtransfer.errors import JTransferError
+from jtransfer.models.peft import DEFAULT_SCALE, SUBTREES
 
 FREEZE_PRESETS = ("full", "head", "K (int)", "stages:K")
 
@@ -122,6 +126,40 @@ def bitfit(model: str, norm_scales: bool = False, *, neck: bool = False) -> Pair
     return [(new_layers(neck), "train"), (f"backbone/.*/({trained})", "train"), (".*", "frozen")]
 
 
+# Parameter-efficient strategy -> (its knob, the model option the knob sets).
+PEFT_KNOBS = {
+    "lora": ("rank", "lora_rank"),
+    "adapter": ("bottleneck", "adapter_dim"),
+    "vpt": ("prompts", "prompts"),
+}
+
+
+def peft(
+    strategy: str, model: str, knobs: Mapping[str, Any], *, neck: bool = False
+) -> tuple[Pairs, list, dict[str, Any]]:
+    """(policy, BatchNorm policy, model options) of `'lora'` (`knobs['rank']`), `'adapter'`
+    (`knobs['bottleneck']`) or `'vpt'` (`knobs['prompts']`, deep prompts; ViT only): the added
+    parameters and the new layers train, everything pretrained is frozen, BatchNorm included."""
+    knob, option = PEFT_KNOBS[strategy]
+    value = knobs[knob]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise JTransferError(
+            f"strategy {strategy!r} needs {knob} = a whole number >= 1, got {value!r}"
+        )
+    if strategy == "vpt" and not models.has_prompts(model):
+        raise JTransferError(
+            f"strategy 'vpt' (visual prompt tuning) needs a ViT, got model={model!r}: "
+            "use lora or adapter for other families"
+        )
+    options: dict[str, Any] = {option: value}
+    if strategy == "lora":
+        options.update(lora_scale=DEFAULT_SCALE, lora_targets=models.lora_targets(model))
+    if strategy == "vpt":
+        options["deep_prompts"] = True
+    pairs = [(new_layers(neck), "train"), (SUBTREES[strategy], "train"), (".*", "frozen")]
+    return pairs, ["backbone/.*"] if models.has_batch_norm(model) else [], options
+
+
 # The strategies' settings as config-file arguments (`configs/*.py:stages=2,...`), defaults.
 STRATEGY_KNOBS = {
     "stages": 3,  # frozen_stages: the stem and this many stages are frozen
@@ -132,6 +170,9 @@ STRATEGY_KNOBS = {
     "bitfit_scales": False,  # bitfit: normalisation scales train too
     "ema": 0.99,  # ema: decay per step
     "alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # wise_ft: interpolation weights of the fine-tune
+    "rank": 8,  # lora: rank of the factors (scale, targets: --config.model.lora_*)
+    "bottleneck": 16,  # adapter: width of each adapter's bottleneck
+    "prompts": 10,  # vpt: prompt tokens per block
 }
 
 # Strategy name -> what it trains; `apply_strategy` sets a config's fields for one of them.
@@ -149,6 +190,9 @@ STRATEGIES = {
     "bitfit": "biases (and with `bitfit_scales` normalisation scales) and the new layers",
     "ema": "everything; a moving average (`ema` decay) evaluated alongside",
     "wise_ft": "everything; (1-a) start + a final evaluated at the end for each of `alphas`",
+    "lora": "LoRA factors of rank `rank` on the backbone's kernels, and the new layers",
+    "adapter": "bottleneck adapters (`bottleneck` wide) after each block, and the new layers",
+    "vpt": "`prompts` visual prompt tokens per block (ViT), and the new layers",
 }
 
 
@@ -160,7 +204,9 @@ def apply_strategy(config, strategy: str, knobs: Mapping[str, Any], *, neck: boo
     """Sets `config`'s policy, BatchNorm policy and the strategy's own fields.
 
     `knobs` holds the strategies' settings: `epochs` (the run's length), `stages`, `unfreeze`,
-    `lp_epochs`, `llrd`, `l2sp`, `bitfit_scales`, `ema`, `alphas`; `neck`: the model is dense.
+    `lp_epochs`, `llrd`, `l2sp`, `bitfit_scales`, `ema`, `alphas`, `rank`, `bottleneck`,
+    `prompts`; `neck`: the model is dense. The parameter-efficient strategies also set model
+    options (`config.model.lora_rank`, ...) and re-initialise what they add (`dont_load`).
     """
     if strategy not in STRATEGIES:
         raise JTransferError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
@@ -179,6 +225,10 @@ def apply_strategy(config, strategy: str, knobs: Mapping[str, Any], *, neck: boo
         policy = layerwise_lr_decay(model, float(knobs["llrd"]), neck=neck)
     elif strategy == "bitfit":
         policy = bitfit(model, norm_scales=bool(knobs["bitfit_scales"]), neck=neck)
+    elif strategy in PEFT_KNOBS:
+        policy, norm_eval, options = peft(strategy, model, knobs, neck=neck)
+        config.model.update(options)
+        config.pretrained.dont_load = (*config.pretrained.dont_load, SUBTREES[strategy])
     config.policy, config.norm_eval = policy, norm_eval
     config.cache_features = strategy == "cached_probe"
     if strategy == "scratch":

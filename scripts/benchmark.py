@@ -5,6 +5,9 @@
     python scripts/benchmark.py scaling [--model efficientnet_lite0] [--resolution 64] [--batch 32]
     python scripts/benchmark.py probe [--data ../shared/data/hymenoptera] [--epochs 10 30 100]
 
+`freeze`: XLA's FLOPs of one compiled train step per strategy, and its wall time, relative to
+full fine-tuning; the parameter-efficient rows (LoRA, adapters) train only what they add.
+
 `step`: EfficientNet-Lite0 full fine-tuning train step (forward, backward, SGD-momentum update
 of every parameter, BatchNorm in train mode with its running statistics updated) and eval step
 (forward, train=False, logits) against the torch reference (`efficientnet_lite_pytorch`, the
@@ -207,9 +210,16 @@ def cmd_step(args: argparse.Namespace) -> None:
         print(f"{kind:5s}  " + "  ".join(columns) + f"  ratio {ratio[0]:.2f} ({ratio[1]:.2f})")
 
 
+def _peft_fields(strategy: str, model_name: str, knobs: dict) -> dict:
+    """The policy of a parameter-efficient preset and the model options that add its parameters
+    (its BatchNorm policy left out, as for every row here)."""
+    policy, _, options = presets.peft(strategy, model_name, knobs)
+    return {"policy": policy, "model": options}
+
+
 def _freeze_strategies(model_name: str) -> dict[str, dict]:
-    """Name -> `cost.strategy_config` fields (and the `step` whose phase is measured), one per
-    compiled step of a strategy."""
+    """Name -> `cost.strategy_config` fields (and the `step` whose phase is measured, the
+    `model` options that add parameters), one per compiled step of a strategy."""
     blocks = efficientnet_lite_spec.block_names(model_name)
     half = "|".join(blocks[: len(blocks) // 2])
     full = [(".*", "train")]
@@ -225,6 +235,8 @@ def _freeze_strategies(model_name: str) -> dict[str, dict]:
         },
         "gradual, phase 1 (head+top)": {"policy": top, "step": 1},
         "bitfit": {"policy": presets.bitfit(model_name)},
+        "lora rank=8": _peft_fields("lora", model_name, {"rank": 8}),
+        "adapter bottleneck=16": _peft_fields("adapter", model_name, {"bottleneck": 16}),
         "llrd 0.75": {"policy": presets.layerwise_lr_decay(model_name, 0.75)},
         "l2sp": {"policy": full, "decay_toward": "start"},
         "ema": {"policy": full, "ema_decay": 0.99},
@@ -249,13 +261,19 @@ def cmd_freeze(args: argparse.Namespace) -> None:
         f"wall: median of {args.steps} steps after one untimed"
     )
     print(f"{'strategy':30s} {'GFLOP':>8s} {'/fwd':>6s} {'/full':>6s} {'s/step':>7s} {'/full':>6s}")
-    reference = None
+    reference, adapted_forwards = None, {}
     for name, fields in _freeze_strategies(MODEL_NAME).items():
         fields = {"grad_clip_norm": 1.0, **fields}
         step_index = fields.pop("step", 0)
-        policy = fields.pop("policy")
+        policy, options = fields.pop("policy"), fields.pop("model", {})
         config = cost.strategy_config(MODEL_NAME, policy, **fields)
-        fresh = jax.tree.map(jnp.copy, variables)  # the step donates its state
+        config.model.update(options)
+        own = variables
+        if options:  # the base weights, plus the parameters the options add
+            model = tasks.build(config, [str(i) for i in range(NUM_CLASSES)]).build_model()
+            own = jax.jit(lambda r, m=model: m.init(r, images[:1], train=False))(jax.random.key(0))
+            adapted_forwards[name] = cost.flops(cost.forward(config, NUM_CLASSES), own, batch)
+        fresh = jax.tree.map(jnp.copy, own)  # the step donates its state
         step, state = cost.step_and_state(config, fresh, NUM_CLASSES, step=step_index)
         flops = cost.flops(step, state, batch)
         holder = [state]
@@ -271,20 +289,39 @@ def cmd_freeze(args: argparse.Namespace) -> None:
             f"{seconds:7.3f} {seconds / reference[1]:6.2f}",
             flush=True,
         )
+    for name, flops in adapted_forwards.items():
+        merged = "; merged by jtransfer.export: the base model's" if "lora" in name else ""
+        print(
+            f"forward with the {name} parameters: {flops / 1e9:.2f} GFLOP "
+            f"({flops / forward:.3f} of the base model's){merged}"
+        )
 
 
-# Dense bfloat16 peak FLOP/s by device kind (substring, first match), for model-FLOPs utilisation.
-PEAK_BF16_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("A100", 312e12),
-    ("L4", 121e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12),
-    ("TPU v5", 459e12),
-    ("TPU v6 lite", 918e12),
-)
+# Dense bfloat16 peak FLOP/s of one JAX device, for model-FLOPs utilisation, by device kind
+# (`device_kind` without "NVIDIA "). A name matches the kind or its start before a space or "-"
+# ("H100" matches "H100 80GB HBM3", "A100" "A100-SXM4-80GB", but "L4" not "L40S"), and the
+# longest match wins ("TPU v5 lite", v5e, over "TPU v5", v5p). libtpu versions name v5e, v5p and
+# v6e (Trillium) either way: "TPU v5 lite" or "TPU v5e", "TPU v5" or "TPU v5p", "TPU v6 lite" or
+# "TPU v6e". A kind not here gets no MFU unless --peak-tflops gives its peak.
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,  # SXM
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,
+    "H200 NVL": 835e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "L40": 181e12,
+    "L40S": 362e12,
+    "TPU v4": 275e12,
+    "TPU v4 lite": 138e12,  # v4i
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
 ACCELERATOR_MODELS = ("resnet50", "vit_b16")
 
 
@@ -294,7 +331,7 @@ def _train_step_rate(
     """Full fine-tuning train step (SGD-momentum, every parameter trained), data-parallel over
     all devices, built and placed as the trainer does (`phase.build_phase` with the parameter
     layout); median seconds per step after one untimed step, and XLA's forward FLOPs at the
-    same batch."""
+    same batch (None where the backend counts none)."""
     config = cost.strategy_config(
         model_name, [(".*", "train")], lr=0.01, compute_dtype=compute_dtype
     )
@@ -313,7 +350,7 @@ def _train_step_rate(
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     # the whole batch's forward FLOPs, compiled for one device (before the step donates them)
     variables = {"params": params, "batch_stats": batch_stats}
-    forward = cost.flops(cost.forward(config, NUM_CLASSES), variables, host_batch)
+    forward = _flops_or_none(cost.forward(config, NUM_CLASSES), variables, host_batch)
     layout = sharding.param_shardings(params, config.sharding_rules, mesh)
     phase = build_phase(
         config,
@@ -342,10 +379,19 @@ def _train_step_rate(
     }
 
 
+def _flops_or_none(jitted, *args) -> float | None:
+    """`cost.flops`, or None where the backend's `cost_analysis()` counts nothing (it may return
+    None)."""
+    analysis = jitted.lower(*args).compile().cost_analysis()
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
 def _peak_flops(device_kind: str, override_tflops: float | None) -> float | None:
     if override_tflops:
         return override_tflops * 1e12
-    return next((peak for kind, peak in PEAK_BF16_FLOPS if kind in device_kind), None)
+    kind = device_kind.removeprefix("NVIDIA ")
+    names = [n for n in PEAK_BF16_FLOPS if kind.startswith(n) and kind[len(n) : len(n) + 1] in " -"]
+    return PEAK_BF16_FLOPS[max(names, key=len)] if names else None
 
 
 def cmd_scaling(args: argparse.Namespace) -> None:
@@ -388,12 +434,13 @@ def cmd_scaling(args: argparse.Namespace) -> None:
     print(f"{'model':10s} {'s/step':>8s} {'img/s':>8s} {'GFLOP/img':>10s} {'MFU':>6s}")
     for name in ACCELERATOR_MODELS:
         result = _train_step_rate(name, 224, args.accelerator_batch, args.steps, "bfloat16")
-        model_flops = 3 * result["forward_flops"]
+        counted = result["forward_flops"] is not None
+        model_flops = 3 * result["forward_flops"] if counted else float("nan")
         mfu = model_flops / result["step_s"] / (jax.device_count() * peak) if peak else None
         print(
             f"{name:10s} {result['step_s']:8.3f} {result['img_s']:8.1f} "
             f"{model_flops / args.accelerator_batch / 1e9:10.1f} "
-            + (f"{100 * mfu:5.1f}%" if mfu is not None else "   n/a"),
+            + (f"{100 * mfu:5.1f}%" if mfu is not None and counted else "   n/a"),
             flush=True,
         )
 

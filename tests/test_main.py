@@ -59,7 +59,10 @@ def _one_error_line(out, message: str) -> None:
 @pytest.mark.parametrize(
     "arg, message",
     [
-        ("strategy=linear_prob", "strategy='linear_prob' is not one of ['scratch', 'full', 'linear_probe'"),
+        (
+            "strategy=linear_prob",
+            "strategy='linear_prob' is not one of ['scratch', 'full', 'linear_probe'",
+        ),
         ("model=efficientnet_lite9", "unknown model 'efficientnet_lite9'"),
         ("resolution=32", "unknown config argument 'resolution'; did you mean 'res'?"),
         ("res=0", "config argument res must be a whole number > 0, got 0"),

@@ -1,7 +1,9 @@
 """Model registry: a plain dict from name to a builder returning an `ImageClassifier`.
 
 `build_model` is the classifier's entry point; builders take `num_classes` plus the backbone's
-keyword options, so a config can pass them through without knowing the family.
+keyword options, so a config can pass them through without knowing the family. The options of
+parameter-efficient fine-tuning (`peft.OPTIONS`: LoRA, adapters) are taken by every builder and
+wrap the backbone (`peft.adapt`); ViT's visual prompts are its own options.
 `build_segmenter` and `build_detector` build the dense models (`dense.DenseModel`) on the same
 backbones, with the same backbone options, plus the options of `dense.segmenter` /
 `dense.detector` (channels, strides, ...); `feature_levels` says which backbone stage feeds
@@ -18,7 +20,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from jtransfer.errors import JTransferError
-from jtransfer.models import bit_spec, dense, efficientnet_lite_spec, resnet_spec, vit_spec
+from jtransfer.models import bit_spec, dense, efficientnet_lite_spec, peft, resnet_spec, vit_spec
 from jtransfer.models.bit import BiT
 from jtransfer.models.dense import DenseModel
 from jtransfer.models.efficientnet_lite import EfficientNetLite
@@ -27,13 +29,19 @@ from jtransfer.models.resnet import ResNet
 from jtransfer.models.vit import ViT
 
 
+def _backbone(backbone: type[nn.Module], variant: str, kwargs: dict) -> nn.Module:
+    """`backbone(variant, **kwargs)`, adapted by the `peft.OPTIONS` among `kwargs`."""
+    options = {k: kwargs.pop(k) for k in peft.OPTIONS if k in kwargs}
+    return peft.adapt(backbone(variant, **kwargs), **options)
+
+
 def _efficientnet_lite(
     variant: str, num_classes: int, *, dropout_rate: float | None = None, **backbone_kwargs
 ) -> ImageClassifier:
     if dropout_rate is None:
         dropout_rate = efficientnet_lite_spec.variant(variant).dropout
     return ImageClassifier(
-        backbone=EfficientNetLite(variant, **backbone_kwargs),
+        backbone=_backbone(EfficientNetLite, variant, backbone_kwargs),
         head=ClassificationHead(num_classes, dropout_rate),
     )
 
@@ -47,7 +55,7 @@ def _classifier(
     **backbone_kwargs,
 ) -> ImageClassifier:
     return ImageClassifier(
-        backbone=backbone(variant, **backbone_kwargs),
+        backbone=_backbone(backbone, variant, backbone_kwargs),
         head=ClassificationHead(num_classes, dropout_rate),
     )
 
@@ -104,11 +112,30 @@ def has_batch_norm(name: str) -> bool:
     return "norm_eval" in inspect.signature(BACKBONES[name]).parameters
 
 
+def has_prompts(name: str) -> bool:
+    """Whether the backbone takes visual prompt tokens (`prompts`: ViT)."""
+    _known(name)
+    return "prompts" in inspect.signature(BACKBONES[name]).parameters
+
+
+def lora_targets(name: str) -> str:
+    """The kernels LoRA adapts by default (a regex over parameter paths): ViT's attention and
+    MLP projections, the CNNs' 1x1 convolutions."""
+    _known(name)
+    return peft.default_targets(BACKBONES[name](name))
+
+
 def _check_kwargs(
     name: str, kwargs: dict, own: frozenset[str] = frozenset({"dropout_rate"})
 ) -> None:
-    allowed = own | set(inspect.signature(BACKBONES[name]).parameters) - {"variant"}
+    allowed = own | set(peft.OPTIONS) | set(inspect.signature(BACKBONES[name]).parameters)
+    allowed -= {"variant"}
     unknown = sorted(set(kwargs) - allowed)
+    if "prompts" in unknown:
+        raise JTransferError(
+            f"prompts={kwargs['prompts']!r}: visual prompt tuning needs a ViT backbone "
+            f"({', '.join(vit_spec.VARIANTS)}), not {name!r}"
+        )
     if unknown:
         raise JTransferError(
             f"model {name!r} got unknown options {unknown}; valid: {sorted(allowed)}"
@@ -142,7 +169,7 @@ def _build_dense(build: Callable[..., DenseModel], name: str, num_classes: int, 
     if "dtype" in kwargs:
         dense_kwargs["dtype"] = kwargs["dtype"]
     levels = feature_levels(name, kwargs.get("patch_size"))
-    return build(BACKBONES[name](name, **kwargs), levels, num_classes, **dense_kwargs)
+    return build(_backbone(BACKBONES[name], name, kwargs), levels, num_classes, **dense_kwargs)
 
 
 def build_segmenter(name: str, num_classes: int, **kwargs) -> DenseModel:

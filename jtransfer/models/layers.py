@@ -226,7 +226,11 @@ def standardize_kernel(kernel: jax.Array, epsilon: float) -> jax.Array:
 
 class StdConv(nn.Module):
     """Weight-standardised convolution (BiT, timm's `StdConv2d`): the kernel is standardised per
-    output channel in float32 on every call, so the stored parameter is the raw one."""
+    output channel in float32 on every call, so the stored parameter is the raw one.
+
+    `kernel_delta` is added to the raw kernel before standardisation: LoRA's update
+    (`models.peft`), which can then be merged into the stored kernel exactly.
+    """
 
     features: int
     kernel_size: int = 1
@@ -236,9 +240,11 @@ class StdConv(nn.Module):
     epsilon: float = 1e-8
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, kernel_delta: jax.Array | None = None) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features))
+        if kernel_delta is not None:
+            kernel = kernel + kernel_delta
         kernel = standardize_kernel(kernel, self.epsilon)
         return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
 

@@ -13,7 +13,12 @@ Parameter layout, chosen so that policy regexes read as sentences and resampling
   about a class-token slot, and the model's own shape says which grid it wants;
 * `block{i}/{norm1, attn/{qkv, proj}, norm2, mlp/{fc1, fc2}}`, 1-based; `qkv` is one (D, 3D)
   projection whose output is ordered (q|k|v, head, head_dim), timm's layout;
-* `norm`: the final LayerNorm.
+* `norm`: the final LayerNorm;
+* `prompts/block{i}`: with `prompts` > 0, visual prompt tuning's learned tokens (Jia et al.
+  2022), (prompts, D) for each block that gets its own: every block (VPT-deep) or the first
+  (`deep_prompts=False`, VPT-shallow). They sit between the class token and the patch tokens;
+  a block with its own prompts replaces the previous block's outputs at those positions. Pooled
+  features and stage grids leave them out.
 
 The patch projection is a reshape and one matrix product rather than a strided convolution:
 the same arithmetic, as fast forward on XLA:CPU and twice as fast for the kernel gradient.
@@ -25,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jtransfer.errors import JTransferError
 from jtransfer.models import vit_spec as spec
 from jtransfer.models.vit_spec import layer_names, stage_names
 
@@ -128,6 +134,22 @@ class Block(nn.Module):
         return x + drop(y, deterministic=not train)
 
 
+class Prompts(nn.Module):
+    """VPT's prompt tokens: `block{i}` of shape (count, width) for each i in `blocks`."""
+
+    count: int
+    width: int
+    blocks: tuple[int, ...]
+    patch: int
+
+    @nn.compact
+    def __call__(self) -> dict[int, jax.Array]:
+        # VPT's initialisation: uniform in +-sqrt(6 / (3 p^2 + D)), Xavier's for the patch fan-in.
+        bound = (6 / (3 * self.patch**2 + self.width)) ** 0.5
+        init = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound)  # noqa: E731
+        return {i: self.param(f"block{i}", init, (self.count, self.width)) for i in self.blocks}
+
+
 class ViT(nn.Module):
     """ViT feature extractor: NHWC images -> pooled (N, D) features.
 
@@ -135,7 +157,8 @@ class ViT(nn.Module):
     the mean of the final patch tokens, big_vision's `pool_type='gap'`). `patch_size` overrides
     the variant's patch size (FlexiViT-style: grafting resizes a checkpoint's patch kernel).
     `dropout` applies after the embedding and on each residual branch; `dtype` is the
-    computation dtype (parameters stay float32).
+    computation dtype (parameters stay float32). `prompts` > 0 adds that many visual prompt
+    tokens to every block (`deep_prompts`) or to the first one only.
     """
 
     variant: str = "vit_b16"
@@ -143,6 +166,8 @@ class ViT(nn.Module):
     patch_size: int | None = None
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    prompts: int = 0
+    deep_prompts: bool = True
 
     @nn.compact
     def __call__(
@@ -154,14 +179,29 @@ class ViT(nn.Module):
         patch = self.patch_size or v.patch
         h, w = x.shape[1] // patch, x.shape[2] // patch
         prefix = int(self.pool == "cls")
+        if not isinstance(self.prompts, int) or isinstance(self.prompts, bool) or self.prompts < 0:
+            raise JTransferError(
+                f"prompts must be a whole number >= 0 (0: off), got {self.prompts!r}"
+            )
+        prompts = {}
+        if self.prompts:
+            blocks = tuple(range(1, v.depth + 1)) if self.deep_prompts else (1,)
+            prompts = Prompts(self.prompts, v.width, blocks, patch, name="prompts")()
+        skip = prefix  # tokens before the patch tokens: the class token, then any prompts
 
         def grid(tokens: jax.Array) -> jax.Array:
-            return tokens[:, prefix:].reshape(tokens.shape[0], h, w, tokens.shape[-1])
+            return tokens[:, skip:].reshape(tokens.shape[0], h, w, tokens.shape[-1])
 
         x = Embed(v.width, patch, class_token=bool(prefix), dtype=self.dtype, name="embed")(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         features = {"embed": grid(x)} if return_stages else {}
         for i in range(1, v.depth + 1):
+            if i in prompts:
+                tokens = jnp.broadcast_to(
+                    prompts[i].astype(x.dtype), (x.shape[0], *prompts[i].shape)
+                )
+                x = jnp.concatenate([x[:, :prefix], tokens, x[:, skip:]], axis=1)
+                skip = prefix + self.prompts
             x = Block(v.mlp_dim, v.num_heads, self.dropout, self.dtype, name=f"block{i}")(
                 x, train=train
             )
@@ -171,4 +211,4 @@ class ViT(nn.Module):
         if return_stages:
             features["norm"] = grid(x)
             return features
-        return x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
+        return x[:, 0] if self.pool == "cls" else jnp.mean(x[:, skip:], axis=1)
