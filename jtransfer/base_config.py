@@ -30,7 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.task.max_detections = 100  # detection: kept per image after NMS
 
     # The network: a jtransfer.models name plus its options (e.g. `dropout_rate`, `norm_eval` is
-    # set from `norm_eval` below); config files add the option fields they set.
+    # set from `norm_eval` below); config files add the option fields they set. Parameter-
+    # efficient fine-tuning is model options too, since it adds parameters to the network (the
+    # lora / adapter / vpt presets set them; jtransfer/models/peft.py): `lora_rank` (0: none),
+    # `lora_scale` (s in W + s·A·B), `lora_targets` (regex over kernel paths), `adapter_dim`
+    # (0: none), and ViT's `prompts` (0: none) and `deep_prompts` (every block, or the first).
     c.model = ml_collections.ConfigDict({"name": "efficientnet_lite0"})
     # Where the weights come from: a registered source name (`efficientnet_lite0/imagenet`), a
     # weights file, a run's workdir, or '' (train from scratch); `:subtree` loads a part.
@@ -64,6 +68,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.mask_values = config_dict.placeholder(dict)
     c.data.ignore_label = 255  # segmentation: pixels with this label count in no loss or metric
     c.data.tfds_keys = config_dict.placeholder(dict)  # tfds: {jtransfer feature: TFDS feature}
+    # Fewer labels (classification, any format): the training split cut to `shots_per_class`
+    # examples of each class, or to `percent_per_class` % of each (rounded, at least one),
+    # drawn with `subset_seed` alike on every host; a smaller subset is nested in a larger one
+    # of the same seed (jtransfer/data/sampling.py). One of the two at a time.
+    c.data.shots_per_class = 0  # 0: off
+    c.data.percent_per_class = 100.0  # 100: the whole split
+    c.data.subset_seed = 0  # the draw's own seed, independent of `seed`
 
     # Preprocessing, big_vision-style op strings (jtransfer/data/preprocess.py).
     c.pp_train = "decode|resize(224)|value_range(-1, 1)"

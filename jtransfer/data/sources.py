@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 import tensorflow as tf
 
-from jtransfer.data import folders
+from jtransfer.data import folders, sampling
 from jtransfer.data.base import IGNORE_LABEL, DataError, FetchFn, Source
 from jtransfer.data.files import unreadable_reason
 from jtransfer.data.label_maps import check_classification_classes
@@ -189,7 +189,12 @@ def _subdirs(path: str) -> list[str]:
 
 def build_source(data_cfg) -> Source:
     """The source `config.data` describes (its fields are read with defaults; see
-    `jtransfer.base_config`): `format` picks the reader, the other fields configure it."""
+    `jtransfer.base_config`): `format` picks the reader, the other fields configure it, and
+    `shots_per_class` / `percent_per_class` cut its training split (`sampling`)."""
+    return sampling.subset(_reader(data_cfg), data_cfg)
+
+
+def _reader(data_cfg) -> Source:
     fmt = data_cfg.get("format", "auto") or "auto"
     if fmt not in FORMATS:
         raise DataError(f"unknown data.format {fmt!r}; valid: {list(FORMATS)}")

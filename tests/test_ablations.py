@@ -1,0 +1,86 @@
+"""The ablation configs: every `--quick` variant end to end through the sweep command (runner,
+collection, findings and plots; not the figures), and what the full variants would run.
+
+The quick variants share one compilation cache for the whole test session, as several sweeps of
+one user may (`--jax_cache`), so a step shape two of them share compiles once.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from cli import ROOT, env
+from shared_data import shared_data
+
+from jtransfer import config_files, data, sweep
+from jtransfer.data import sampling
+
+ABLATIONS = ("freeze", "strategy", "data", "similarity", "models", "lr", "wise_ft")
+common = config_files.load(os.path.join(ROOT, "configs", "ablations", "common.py"))
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> str:
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base  # across xdist workers
+    return str(shared / "ablations_jax_cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_quick_variant_runs_collects_and_plots(name, tmp_path, jax_cache):
+    for dataset in ("hymenoptera", "oxford_pets3"):
+        shared_data(dataset)
+    workdir = tmp_path / name
+    cmd = [
+        sys.executable,
+        "-m",
+        "jtransfer.sweep",
+        f"--config=configs/ablations/{name}.py",
+        f"--workdir={workdir}",
+        "--quick",
+        f"--jax_cache={jax_cache}",
+    ]
+    started = time.time()
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    seconds = time.time() - started
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    planned = sweep.plan(f"configs/ablations/{name}.py", workdir, quick=True)
+    with open(workdir / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(planned.runs)
+    md = (workdir / "results.md").read_text()
+    assert "Not finished" not in md and "(the quick variant" in md
+    specs = planned.module.get_plots(planned.arg)
+    drawn = [s["file"] for s in specs if (workdir / s["file"]).is_file()]
+    assert drawn and all(f"![{f}]({f})" in md for f in drawn)
+    assert md.count("\n- ") >= 1  # the findings ran on the quick results
+    print(f"{name} --quick: {len(planned.runs)} runs in {seconds:.0f} s")
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_full_variant_plans_distinct_valid_runs(name, tmp_path):
+    planned = sweep.plan(f"{ROOT}/configs/ablations/{name}.py", tmp_path)
+    assert len(planned.runs) >= 9
+    for run in planned.runs:  # the same batch and length rules as a run would apply
+        assert (
+            0
+            < run.config.batch_size
+            <= common.train_size(common.parse(run.arg, getattr(planned.module, "OWN", {})))
+        )
+
+
+def test_dataset_table_matches_the_data(tmp_path):
+    for name, dataset in common.DATASETS.items():
+        if name != "digits":
+            shared_data(os.path.basename(dataset["data"]))
+        c = common.config(common.parse(f"data={name}"))
+        if name == "digits":
+            c.data.data_dir = str(tmp_path)
+        source = data.build_source(c.data)
+        labels = sampling.split_labels(source, c.data.train_split)
+        assert tuple(np.bincount(labels)) == dataset["train_per_class"], name
+        source.check_split(c.data.eval_split)
