@@ -27,7 +27,9 @@ def test_eight_devices_and_an_fsdp_mesh_give_the_losses_of_one_device(tmp_path, 
     also skips the prefetch thread, which must not change the batches). The learning rate is
     lowered because float32 gradients of a network with train-mode BatchNorm are themselves only
     ~3e-3 accurate (measured against float64, on 1 and on 8 devices alike); at the quickstart's
-    0.02 that rounding, not the sharding, separates the trajectories by ~1e-3 at step 10."""
+    0.02 that rounding, not the sharding, separates the trajectories by ~1e-3 at step 10. Each
+    run prints its own lines only (TF_CPP_MIN_LOG_LEVEL, set here, does not silence TensorFlow's
+    oneDNN and absl start-up lines; `console.quiet_libraries` does)."""
     runs = {
         "1 device": (1, []),
         "8 devices": (8, []),
@@ -39,6 +41,10 @@ def test_eight_devices_and_an_fsdp_mesh_give_the_losses_of_one_device(tmp_path, 
         cmd = command(workdir, data_dir, "--config.total_steps=10", "--config.lr=0.002", *FAST)
         out = run(cmd + overrides, devices)
         assert out.returncode == 0, out.stderr[-3000:]
+        # Only the run's own lines (and TFDS's progress bars while it prepares digits): none of
+        # TensorFlow's, absl's or orbax's start-up lines.
+        for noise in ("oneDNN", "absl::InitializeLog", "Type handler registry", "dataset_info"):
+            assert noise not in out.stderr + out.stdout, out.stderr[-3000:]
         per_run[name] = losses(workdir)
     assert "mesh data=2 × fsdp=4 × model=1: " in out.stdout
     assert len(per_run["1 device"]) == 10
