@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from cli import command, run
 from PIL import Image
 
 from jtransfer import data
@@ -152,6 +153,19 @@ def test_explicit_preprocessing_that_contradicts_the_source_is_warned_about():
         "0.5)) (timm's IMAGENET_INCEPTION_MEAN/STD)"
     ]
     assert preprocessing_warnings("/some/file.npz", {"pp_eval": "decode"}) == []
+
+
+def test_a_run_prints_the_warning_before_anything_else(tmp_path):
+    """The warning comes at the start of a run, before the data is even opened (here a path that
+    does not exist, so the run stops right after it)."""
+    pp = "decode|resize(224)|value_range(0, 1)"
+    cmd = command(tmp_path / "run", None, f"--config.pp_eval={pp}", config="configs/transfer.py")
+    done = run([*cmd, f"--config.data.name={tmp_path / 'no_such_folder'}"])
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout.splitlines()[0] == (
+        "warning: pp_eval normalises inputs as value_range(0, 1), but efficientnet_lite0/imagenet "
+        "was trained on value_range(-1.0, 1.0) (tensorflow/tpu's (x - 127) / 128)"
+    )
 
 
 def test_load_lite0_without_torch():
