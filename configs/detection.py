@@ -23,8 +23,10 @@ The Oxford pets have head boxes for the trainval images only (296 of 300; images
 xml are left out), so `layout=oxford_pet_heads` slices the breed-ordered list of those 296 with
 TFDS split arithmetic: `[:80]`, `[100:180]` and `[200:280]` train, the other 56 evaluate.
 
-Results on ../shared/data/bccd and the pet heads, 2 shared CPU cores: see the README
-("Segmentation and detection").
+Results, the commands on 2 CPU cores (README, "Segmentation and detection"): ../shared/data/bccd
+mAP@0.5 0.903 (WBC AP@0.5 0.977) in 9.8 minutes, from scratch (`strategy=scratch`) 0.059; the
+pet heads (`data=../shared/data/oxford_pets3,layout=oxford_pet_heads,res=384`) AP@0.5 0.992 in
+12.7 minutes.
 """
 
 from jtransfer import base_config, config_args, presets, pretrained
