@@ -20,8 +20,8 @@ inference mode (MMDetection's and MMSegmentation's `norm_eval=True`) unless `bat
 `strategy=scratch` has no statistics worth holding and trains them.
 
 Result on ../shared/data/oxford_pets3 (pet vs background, trimap boundary ignored; trainval ->
-test), the command above on 2 CPU cores: pet IoU 0.898 (mean IoU 0.924) in 6.7 minutes; with
-`strategy=scratch` pet IoU 0.442 in 9.7 minutes (README, "Segmentation and detection").
+test), the command above on 2 CPU cores: pet IoU 0.898 (mean IoU 0.924) in 3.9 minutes; with
+`strategy=scratch` pet IoU 0.442 in 4.4 minutes (README, "Segmentation and detection").
 """
 
 from jtransfer import base_config, config_args, presets, pretrained
