@@ -1,8 +1,11 @@
 """Checkpoints through orbax: periodic saves, keep-N, automatic resume from the workdir.
 
-The saved pytree is the whole train state (step, parameters, batch statistics, optimizer state,
-RNG); the data position needs nothing extra because the input order is a pure function of
-(seed, step).
+A checkpoint holds what a run changes: the step, the parameters and batch statistics that
+train, the optimizer state, RNG and EMA; the data position needs nothing extra because the input
+order is a pure function of (seed, step). What never changes, the frozen part of the pretrained
+weights, is left out and read again from its source on resume, checked against a fingerprint
+saved in the checkpoint's `frozen` item (`pretrained.frozen`), so a linear probe's checkpoint
+holds its head.
 
 A step counts once orbax has committed it: only committed steps are resumed from (orbax's own
 `latest_step`) or read (`is_complete`, used by `pretrained.orbax_reader`), so a run killed
@@ -27,6 +30,7 @@ since an exact resume is only defined for one config.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -107,6 +111,8 @@ finally:
 NO_ATOMIC_RENAME = ("fuse.gcsfuse", "fuse.s3fs", "fuse.rclone")
 COMMIT_FILE = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
 RENAME = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.ATOMIC_RENAME)
+ITEM = "default"  # the train state (the name orbax gives a single item: older readers find it)
+FROZEN_ITEM = "frozen"  # what the state leaves out, and where to read it again
 
 
 def mount_type(path: str, mounts: str = "/proc/mounts") -> str | None:
@@ -139,6 +145,14 @@ def is_complete(step_directory: str | os.PathLike) -> bool:
     return ocp.step.is_path_finalized(epath.Path(step_directory), atomicity_options=COMMIT_FILE)
 
 
+def read_frozen_record(step_directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The `frozen` item of a complete step directory: the record of the leaves the save left
+    out, to be read from their pretrained source (`pretrained.frozen`); None when it holds the
+    whole state."""
+    file = epath.Path(step_directory) / FROZEN_ITEM / "metadata"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
 class Checkpointer:
     def __init__(
         self,
@@ -160,19 +174,31 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             atomicity_options=COMMIT_FILE if commit_file else RENAME,
         )
-        self._manager = ocp.CheckpointManager(directory, options=options)
+        self._manager = ocp.CheckpointManager(
+            directory, options=options, item_names=(ITEM, FROZEN_ITEM)
+        )
 
     def latest_step(self) -> int | None:
         """The last complete step (None if there is none)."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any) -> None:
-        self._manager.save(step, args=ocp.args.StandardSave(state))
+    def save(self, step: int, state: Any, frozen: Mapping[str, Any] | None = None) -> None:
+        """Saves `state`; `frozen`: the record of the leaves it leaves out
+        (`pretrained.frozen.FrozenPart.record`), saved beside it as the item `frozen`."""
+        items = {ITEM: ocp.args.StandardSave(state)}
+        if frozen is not None:
+            items[FROZEN_ITEM] = ocp.args.JsonSave(dict(frozen))
+        self._manager.save(step, args=ocp.args.Composite(**items))
 
     def restore(self, step: int, like: Any) -> Any:
         """Restore `step` into the structure, shapes and shardings of `like`."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        args = ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(abstract)})
+        return self._manager.restore(step, args=args)[ITEM]
+
+    def frozen_record(self, step: int) -> dict[str, Any] | None:
+        """The record of the leaves the save of `step` left out (None: it holds them all)."""
+        return read_frozen_record(epath.Path(self._manager.directory) / str(step))
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -40,6 +40,21 @@ def _param_path(path: str) -> str:
     return path.split("/", 1)[1] if "/" in path else path
 
 
+def fit(path: str, value: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The loaded `value` of `path` as the model's leaf of `shape` and `dtype`: itself, or
+    resampled (`pretrained.resample`); a `GraftError` naming both shapes otherwise."""
+    if np.shape(value) == tuple(shape):
+        return np.asarray(value, dtype=dtype)
+    shapes = f"{path}: checkpoint {np.shape(value)} vs model {tuple(shape)}"
+    try:
+        resampled = resample(_param_path(path), value, tuple(shape))
+    except ResampleError as e:
+        raise GraftError(f"{shapes} (not resampled: {e})") from None
+    if resampled is None:
+        raise GraftError(shapes)
+    return np.asarray(resampled, dtype=dtype)
+
+
 def graft(
     init: Mapping, loaded: Mapping, dont_load: Sequence[str] = ()
 ) -> tuple[dict, dict[str, list[str]]]:
@@ -57,21 +72,14 @@ def graft(
             manifest["reinitialized"].append(path)
         elif path not in flat_loaded:
             missing.append(path)
-        elif np.shape(flat_loaded[path]) != np.shape(value):
-            shapes = f"{path}: checkpoint {np.shape(flat_loaded[path])} vs model {np.shape(value)}"
-            try:
-                resampled = resample(_param_path(path), flat_loaded[path], np.shape(value))
-            except ResampleError as e:
-                mismatched.append(f"{shapes} (not resampled: {e})")
-                continue
-            if resampled is None:
-                mismatched.append(shapes)
-            else:
-                out[path] = np.asarray(resampled, dtype=value.dtype)
-                manifest["resampled"].append(path)
         else:
-            out[path] = np.asarray(flat_loaded[path], dtype=value.dtype)
-            manifest["loaded"].append(path)
+            try:
+                out[path] = fit(path, flat_loaded[path], np.shape(value), value.dtype)
+            except GraftError as e:
+                mismatched.append(str(e))
+                continue
+            same = np.shape(flat_loaded[path]) == np.shape(value)
+            manifest["loaded" if same else "resampled"].append(path)
     unexpected = []
     for path in flat_loaded:
         if path in flat_init:

@@ -166,6 +166,40 @@ def make_train_step(
     return step
 
 
+def make_scanned_steps(
+    step: Callable[[State, dict], tuple[State, dict]], trainable_mask: Any
+) -> Callable[..., tuple[State, dict]]:
+    """`steps(state, inputs, labels, indices, valid) -> (state, metrics)`: the train steps (on
+    features) whose batches are the rows of `indices` (steps, G) into device-resident `inputs`
+    and `labels` (a split's cached features), as one `lax.scan`; a step whose `valid` is False
+    leaves the state as it is (so every chunk of a run can have one length and one compiled
+    program). `metrics` are stacked along the steps.
+
+    The loop carries only what the steps change: the frozen parameters and the batch statistics
+    (which a step on features never updates) are constants of the loop, not part of its state,
+    which keeps the compiled program the size of the head's update."""
+
+    def steps(state, inputs, labels, indices, valid):
+        trainable, frozen = split(state["params"], trainable_mask)
+        constants = {"batch_stats": state["batch_stats"]}
+
+        def body(carry, xs):
+            index, ok = xs
+            whole = {**carry, **constants, "params": merge(carry["params"], frozen)}
+            new, metrics = step(whole, {"image": inputs[index], "label": labels[index]})
+            new = {k: v for k, v in new.items() if k not in constants}
+            new["params"] = split(new["params"], trainable_mask)[0]
+            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry)
+            return kept, metrics
+
+        carry = {k: v for k, v in state.items() if k not in constants}
+        carry, metrics = jax.lax.scan(body, {**carry, "params": trainable}, (indices, valid))
+        params = merge(carry["params"], frozen)
+        return {**carry, **constants, "params": params}, metrics
+
+    return steps
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One phase of the run: where it starts, its mask, optimizer and compiled train step."""
@@ -177,6 +211,7 @@ class Phase:
     step: Callable[[State, dict], tuple[State, dict]]  # jitted, donates the state
     init: Callable[[dict, dict], State]  # (params, batch_stats) -> the state at its start
     shardings: Any  # of its state; None when built without a parameter layout
+    scanned: Callable[..., tuple[State, dict]] | None = None  # on features: `make_scanned_steps`
 
     def enter(self, state: State, ema_decay: float) -> State:
         """The state carried into this phase: optimizer groups that trained keep their state,
@@ -238,11 +273,14 @@ def build_phase(
         on_features=on_features,
         grad_accum_steps=config.grad_accum_steps,
     )
-    shardings = None
-    if layout is None:
-        jitted = jax.jit(step, donate_argnums=0)
-    else:
+    shardings, out_shardings = None, None
+    if layout is not None:
         shardings = layout.like(jax.eval_shape(init, params, batch_stats))
-        replicated = sharding.replicated(layout.mesh)
-        jitted = jax.jit(step, out_shardings=(shardings, replicated), donate_argnums=0)
-    return Phase(index, start, mask, tx, jitted, init, shardings)
+        out_shardings = (shardings, sharding.replicated(layout.mesh))
+    jitted = jax.jit(step, out_shardings=out_shardings, donate_argnums=0)
+    scanned = None
+    if on_features:
+        scanned = jax.jit(
+            make_scanned_steps(step, mask), out_shardings=out_shardings, donate_argnums=0
+        )
+    return Phase(index, start, mask, tx, jitted, init, shardings, scanned)

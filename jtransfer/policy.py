@@ -291,6 +291,17 @@ class NormEval:
         active = [p for p, u in self.entries if u is None or step < u]
         return "|".join(f"(?:{p})" for p in active)
 
+    def always_held(self, batch_stats: Mapping, steps: Iterable[int]) -> set[str]:
+        """Paths of the statistics in `batch_stats` held at every one of `steps` (the phase
+        starts of a run): those that never change."""
+        regexes = [self.regex(step) for step in steps]
+
+        def held(path: str) -> bool:
+            layer = path.rsplit("/", 1)[0]
+            return all(r and re.search(r, layer) for r in regexes)
+
+        return {path for path in flatten(batch_stats) if held(path)}
+
     def check(self, batch_stats: Mapping) -> None:
         """Every entry must name at least one BatchNorm layer (a module holding statistics)."""
         layers = sorted({path.rsplit("/", 1)[0] for path in flatten(batch_stats)})

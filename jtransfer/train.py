@@ -19,7 +19,10 @@ that checkpoint dropped so that every step appears once; a finished run says so 
 nothing. Around the step, optional strategies read the same state: an exponential moving average
 of the trainable weights (`ema_decay`), WiSE-FT interpolation between the start and the end
 (`wise_ft_alphas`), and the cached-feature linear probe (`cache_features`), which runs the
-frozen backbone once over each split and trains the head on its features.
+frozen backbone once over each split and trains the head on its features in compiled chunks of
+whole epochs (`run_steps` is then one call per chunk; everything after it in the loop reads the
+steps of the chunk). A checkpoint holds what the run changes; the pretrained leaves that no
+phase trains are left out and read again from their source on resume (`pretrained.frozen`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -57,6 +60,7 @@ from jtransfer.errors import JTransferError
 from jtransfer.phase import State, build_phase
 from jtransfer.policy import NormEval, Policy, PolicyError, flatten, overlay, select, unflatten
 from jtransfer.prefetch import Prefetcher
+from jtransfer.pretrained.frozen import FrozenPart
 
 
 def train_and_evaluate(
@@ -85,6 +89,9 @@ def train_and_evaluate(
     policy.warn_if_misleading()
     norm_eval = NormEval.from_config(config.norm_eval, epochs)
     check_phases(policy, norm_eval, total_steps)
+    schedule = optim.build_schedule(
+        config.lr, total_steps, config.schedule.warmup_steps, config.schedule.decay
+    )
     phase_starts = sorted(set(policy.phase_starts()) | set(norm_eval.phase_starts()))
 
     model = task.build_model()
@@ -105,6 +112,7 @@ def train_and_evaluate(
         say(f"{workdir} holds this run, finished at step {total_steps}; nothing to do")
         return finished
     variables, manifest = initial_variables(model, config, image_shape, layout)
+    frozen = frozen_part(config, variables, manifest, policy, norm_eval, phase_starts)
 
     # Nothing is written to the workdir before this point.
     files.makedirs(workdir)
@@ -125,9 +133,6 @@ def train_and_evaluate(
         head_inputs = cached.eval_batches
     context = evaluators.Context(task, model, source, mesh, config, head_inputs)
     evals = evaluators.build(config, context)
-    schedule = optim.build_schedule(
-        config.lr, total_steps, config.schedule.warmup_steps, config.schedule.decay
-    )
     phase = functools.cache(
         lambda index: build_phase(
             config,
@@ -155,7 +160,8 @@ def train_and_evaluate(
         jax.device_put(params, layout.params()), jax.device_put(batch_stats, replicated)
     )
     if start_step:
-        state = ckpt.restore(start_step, state)
+        frozen.check(ckpt.frozen_record(start_step), f"the checkpoint at step {start_step}")
+        state = frozen.fill(ckpt.restore(start_step, frozen.drop(state)), state)
         if int(state["phase"]) != current.index:
             raise JTransferError(
                 f"the checkpoint at step {start_step} was saved in phase {int(state['phase'])}, "
@@ -169,7 +175,8 @@ def train_and_evaluate(
         return seconds_before + time.perf_counter() - started
 
     def save(step: int) -> None:
-        ckpt.save(step, {**state, "train_seconds": np.float32(train_seconds())})
+        saved = frozen.drop({**state, "train_seconds": np.float32(train_seconds())})
+        ckpt.save(step, saved, frozen.record)
 
     def evaluate(state: State) -> dict[str, dict[str, float]]:
         results = {name: e.run(state) for name, e in evals.items()}
@@ -179,26 +186,50 @@ def train_and_evaluate(
             results["eval_ema"] = main.run(ema)
         return results
 
-    train_iter = Prefetcher(
-        data.train_batches(
-            train_source,
-            config.data.train_split,
-            pp_train,
-            config.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-        ),
-        functools.partial(sharding.global_batch, mesh=mesh),
-        config.prefetch,
-    )
+    train_iter, scanned = None, None
+    if on_features:  # the head's training runs as compiled loops over the cached features
+        chunk = feature_cache.chunk_steps(
+            config.checkpoint_every,
+            config.eval_every,
+            epochs.num_examples // config.batch_size,  # the input order's epoch
+            total_steps,
+        )
+        scanned = feature_cache.ScannedTraining(
+            train_source, config.data.train_split, config.batch_size, config.seed, mesh, chunk
+        )
+    else:
+        train_iter = Prefetcher(
+            data.train_batches(
+                train_source,
+                config.data.train_split,
+                pp_train,
+                config.batch_size,
+                seed=config.seed,
+                start_step=start_step,
+            ),
+            functools.partial(sharding.global_batch, mesh=mesh),
+            config.prefetch,
+        )
+
+    def run_steps(state: State, step: int) -> tuple[State, int, Callable[[int], dict]]:
+        """The steps from `step` on that run before the loop looks again (one, or a chunk of
+        the cached probe): (state, the step reached, step -> that step's metrics)."""
+        if scanned is None:
+            state, step_metrics = current.step(state, next(train_iter))
+            return state, step + 1, lambda _: step_metrics
+        stop = scanned.stop(step, total_steps)
+        state, stacked = scanned.run(current, state, step, stop)
+        return state, stop, lambda s: jax.tree.map(lambda m: m[s - step - 1], stacked)
+
     writer = metrics.MetricWriter(workdir, total_steps, resume_step=start_step)
     step = start_step
     say(f"training steps {step}..{total_steps}, global batch {config.batch_size}")
     try:
         writer.start(step)
+        began = time.perf_counter()
         while step < total_steps:
-            state, step_metrics = current.step(state, next(train_iter))
-            step += 1
+            first = step
+            state, step, metrics_at = run_steps(state, step)
             if step < total_steps and phase_of(step) != current.index:
                 current = phase(phase_of(step))
                 state = current.enter(state, config.ema_decay)
@@ -206,23 +237,33 @@ def train_and_evaluate(
                 say(
                     f"step {step:>6}: phase {current.index} begins, training {trained:,} parameters"
                 )
-            if step % config.log_every == 0 or step == total_steps:
-                values = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
-                values["train/lr"] = schedule(step - 1)
-                rate = writer.progress(step, values["train/loss"], config.batch_size)
-                if rate:
-                    values["train/img_per_sec"] = rate
-                writer.write(step, values)
-            if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+            done = range(first + 1, step + 1)
+            logged = [s for s in done if s % config.log_every == 0 or s == total_steps]
+            for s in logged:
+                values = {f"train/{k}": v for k, v in jax.device_get(metrics_at(s)).items()}
+                values["train/lr"] = schedule(s - 1)
+                if s == logged[-1]:
+                    rate = writer.progress(s, values["train/loss"], config.batch_size)
+                    if rate:
+                        values["train/img_per_sec"] = rate
+                writer.write(s, values)
+            if _passed(config.eval_every, first, step) and step < total_steps:
                 writer.write_evaluations(step, evaluate(state))
-            # `reached` is asked at every step: on several hosts it is a collective sync point.
-            preempted = preemption and step < total_steps and preemption.reached(step)
-            checkpointed = config.checkpoint_every and step % config.checkpoint_every == 0
+            # `reached` is asked for every step: on several hosts it is a collective sync point.
+            preempted = (
+                preemption and step < total_steps and any([preemption.reached(s) for s in done])
+            )
+            checkpointed = _passed(config.checkpoint_every, first, step)
             if preempted or (checkpointed and step < total_steps):
                 save(step)
             if preempted:
                 raise distributed.Preempted(step)
         seconds = train_seconds()
+        if scanned is not None and step > start_step:
+            say(
+                f"trained the head on cached features: steps {start_step}..{step} in "
+                f"{time.perf_counter() - began:.2f} s"
+            )
         if step > start_step or ckpt.latest_step() != total_steps:
             save(total_steps)
         results = evaluate(state)
@@ -233,12 +274,18 @@ def train_and_evaluate(
             )
         writer.write_evaluations(total_steps, results, final=True)
     finally:
-        train_iter.close()
+        if train_iter is not None:
+            train_iter.close()
         ckpt.close()  # waits for the last asynchronous save: it is complete or absent
         writer.close()
     final = {"step": total_steps, "train_seconds": seconds, **results}
     write_json(workdir, "final_eval.json", final)
     return final
+
+
+def _passed(every: int, first: int, step: int) -> bool:
+    """Whether steps `first + 1`..`step` include a multiple of `every` (0: never)."""
+    return bool(every) and step // every > first // every
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -348,6 +395,34 @@ def initial_variables(
         f"{len(manifest['reinitialized'])} re-initialised, {len(manifest['ignored'])} ignored"
     )
     return variables, manifest
+
+
+def frozen_part(
+    config: ml_collections.ConfigDict,
+    variables: dict,
+    manifest: dict,
+    policy: Policy,
+    norm_eval: NormEval,
+    phase_starts: list[int],
+) -> FrozenPart:
+    """The leaves that no phase of the run changes and that came from the pretrained source:
+    checkpoints leave them out (`pretrained.frozen`)."""
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    trained = {
+        f"params/{path}"
+        for start in phase_starts
+        for path, trains in flatten(policy.trainable_mask(params, start)).items()
+        if trains
+    }
+    held = norm_eval.always_held(batch_stats, phase_starts)
+    trained |= {f"batch_stats/{path}" for path in flatten(batch_stats) if path not in held}
+    return FrozenPart.of_run(
+        variables,
+        manifest["loaded"] + manifest["resampled"],
+        trained,
+        source=config.pretrained.source,
+        model=config.model.name,
+    )
 
 
 def wise_ft(start: dict, reinitialized: Iterable[str], state: State, alpha: float) -> dict:

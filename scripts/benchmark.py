@@ -4,6 +4,7 @@
     python scripts/benchmark.py freeze [--resolution 224] [--batch 32] [--steps 5]
     python scripts/benchmark.py scaling [--model efficientnet_lite0] [--resolution 64] [--batch 32]
     python scripts/benchmark.py probe [--data ../shared/data/hymenoptera] [--epochs 10 30 100]
+    python scripts/benchmark.py checkpoint [--model vit_b16] [--strategies linear_probe lora]
 
 `freeze`: XLA's FLOPs of one compiled train step per strategy, and its wall time, relative to
 full fine-tuning; the parameter-efficient rows (LoRA, adapters) train only what they add.
@@ -57,7 +58,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -69,11 +72,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from PIL import Image
 
-from jtransfer import cost, presets, sharding, tasks
+from jtransfer import checkpoint, config_files, cost, graft, presets, sharding, tasks
+from jtransfer.epochs import Epochs
 from jtransfer.models import build_model, efficientnet_lite_spec
 from jtransfer.phase import build_phase
 from jtransfer.policy import NormEval, Policy
+from jtransfer.train import frozen_part, initializer
 
 NUM_CLASSES = 1000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,10 +185,9 @@ def _torch_runners(batch: int, res: int, threads: int) -> tuple[Callable, Callab
 
 
 def cmd_step(args: argparse.Namespace) -> None:
-    runners = {
-        "jax": _jax_runners(args.batch, args.resolution),
-        "torch": _torch_runners(args.batch, args.resolution, args.threads),
-    }
+    runners = {"jax": _jax_runners(args.batch, args.resolution)}
+    if not args.jax_only:
+        runners["torch"] = _torch_runners(args.batch, args.resolution, args.threads)
     times = {(lib, kind): [] for lib in runners for kind in ("train", "eval")}
     for train, evaluate in runners.values():  # warm-up, compilation included
         _timed(train, 2)
@@ -206,8 +211,10 @@ def cmd_step(args: argparse.Namespace) -> None:
         columns = [
             f"{lib} {rate[lib, statistics.median]:6.1f} ({rate[lib, min]:6.1f})" for lib in runners
         ]
-        ratio = [rate["jax", stat] / rate["torch", stat] for stat in (statistics.median, min)]
-        print(f"{kind:5s}  " + "  ".join(columns) + f"  ratio {ratio[0]:.2f} ({ratio[1]:.2f})")
+        if "torch" in runners:
+            ratio = [rate["jax", s] / rate["torch", s] for s in (statistics.median, min)]
+            columns.append(f"ratio {ratio[0]:.2f} ({ratio[1]:.2f})")
+        print(f"{kind:5s}  " + "  ".join(columns))
 
 
 def _peft_fields(strategy: str, model_name: str, knobs: dict) -> dict:
@@ -447,7 +454,8 @@ def cmd_scaling(args: argparse.Namespace) -> None:
 
 def _probe_run(data: str, epochs: int, cached: bool, extra: list[str]) -> dict[str, float]:
     """One `jtransfer.main` run of the cached_probe preset in a fresh workdir: wall seconds of
-    the whole process, and its final_eval.json (accuracy, train_seconds)."""
+    the whole process, its final_eval.json (accuracy, train_seconds) and, cached, what its
+    output says of the feature extraction (img/s after compiling) and the head's training."""
     with tempfile.TemporaryDirectory() as workdir:
         command = [
             sys.executable,
@@ -465,38 +473,116 @@ def _probe_run(data: str, epochs: int, cached: bool, extra: list[str]) -> dict[s
             sys.exit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
         with open(os.path.join(workdir, "final_eval.json")) as f:
             final = json.load(f)
-    return {"wall": wall, "train": final["train_seconds"], "accuracy": final["eval"]["accuracy"]}
+    run = {"wall": wall, "train": final["train_seconds"], "accuracy": final["eval"]["accuracy"]}
+    head = re.search(r"trained the head on cached features: steps \S+ in ([\d.]+) s", out.stdout)
+    rate = re.search(r"cached backbone features of train: .*\((\d+) img/s after\)", out.stdout)
+    run["head"] = float(head.group(1)) if head else math.nan
+    run["extraction"] = float(rate.group(1)) if rate else math.nan
+    return run
+
+
+def _synthetic_folder(root: str, examples: int, classes: int = 5) -> str:
+    """`root/{train,val}/c<k>/*.jpg`: `examples` training images (and a fifth as many for
+    validation) of `classes` classes, 96x128 noise tinted by class."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", examples), ("val", max(classes, examples // 5))):
+        for i in range(n):
+            k = i % classes
+            directory = os.path.join(root, split, f"c{k}")
+            os.makedirs(directory, exist_ok=True)
+            pixels = rng.integers(0, 160, (96, 128, 3)) + np.eye(3, dtype=int)[k % 3] * 40 * k // 2
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(f"{directory}/{i}.jpg")
+    return root
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as synthetic:
+        data = _synthetic_folder(synthetic, args.synthetic) if args.synthetic else args.data
+        _probe_table(args, data)
+
+
+def _probe_table(args: argparse.Namespace, data: str) -> None:
     print(
-        f"linear probe on {args.data}, EfficientNet-Lite0: cached features vs step by step; "
-        f"train = train_seconds (feature extraction included), wall = whole process; "
-        f"medians of {args.repeats}"
+        f"linear probe on {args.data if not args.synthetic else f'{args.synthetic} synthetic'}, "
+        "EfficientNet-Lite0: cached features vs step by step; train = train_seconds (feature "
+        "extraction included), head = the head's training after extraction, extraction = img/s "
+        f"after compiling, wall = whole process; medians of {args.repeats}"
     )
     print(
-        f"{'epochs':>6s} {'acc cached':>10s} {'acc steps':>9s} "
+        f"{'epochs':>6s} {'acc cached':>10s} {'acc steps':>9s} {'head':>6s} {'extract':>8s} "
         f"{'train cached':>12s} {'train steps':>11s} {'ratio':>6s} "
         f"{'wall cached':>11s} {'wall steps':>10s} {'ratio':>6s}"
     )
     for epochs in args.epochs:
         runs = {True: [], False: []}
         for _ in range(args.repeats):  # alternating, so load from other processes hits both
-            for cached in (True, False):
-                runs[cached].append(_probe_run(args.data, epochs, cached, args.extra))
+            for cached in (True,) if args.cached_only else (True, False):
+                runs[cached].append(_probe_run(data, epochs, cached, args.extra))
         med = {
             (cached, key): statistics.median(run[key] for run in runs[cached])
+            if runs[cached]
+            else math.nan
             for cached in runs
-            for key in ("wall", "train", "accuracy")
+            for key in ("wall", "train", "accuracy", "head", "extraction")
         }
         print(
             f"{epochs:6d} {med[True, 'accuracy']:10.4f} {med[False, 'accuracy']:9.4f} "
+            f"{med[True, 'head']:5.2f}s {med[True, 'extraction']:8.0f} "
             f"{med[True, 'train']:11.1f}s {med[False, 'train']:10.1f}s "
             f"{med[False, 'train'] / med[True, 'train']:5.1f}x "
             f"{med[True, 'wall']:10.1f}s {med[False, 'wall']:9.1f}s "
             f"{med[False, 'wall'] / med[True, 'wall']:5.1f}x",
             flush=True,
         )
+
+
+def _checkpoint_bytes(model_name: str, strategy: str, resolution: int, directory: str) -> int:
+    """Bytes of the checkpoint a run of configs/transfer.py (`model_name`, `strategy`) writes
+    after its first step, seeded weights standing in for the pretrained source."""
+    transfer = config_files.load(TRANSFER_CONFIG)
+    config = transfer.get_config(f"model={model_name},strategy={strategy},res={resolution}")
+    task = tasks.build(config, ["a", "b", "c", "d", "e"])
+    model = task.build_model()
+    init = initializer(model, (resolution, resolution, 3))
+    variables = jax.device_get(jax.jit(init)(jax.random.key(0)))
+    # the seeded weights grafted onto themselves: `dont_load` (head, added parameters) is fresh
+    variables, manifest = graft.graft(variables, variables, config.pretrained.dont_load)
+    epochs = Epochs(1000, config.batch_size)
+    policy = Policy.from_pairs(config.policy, epochs)
+    norm_eval = NormEval.from_config(config.norm_eval, epochs)
+    starts = sorted(set(policy.phase_starts()) | set(norm_eval.phase_starts()))
+    config.pretrained.source = f"seeded {model_name}"
+    frozen = frozen_part(config, variables, manifest, policy, norm_eval, starts)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    schedule = optax.constant_schedule(config.lr)
+    phase = build_phase(config, task, policy, norm_eval, params, batch_stats, schedule=schedule)
+    state = phase.init(params, batch_stats)
+    # one step, so that the optimizer state holds what training leaves in it (zeros compress)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.uniform(-1, 1, (2, resolution, resolution, 3)), jnp.float32),
+        "label": jnp.asarray([0, 1], jnp.int32),
+    }
+    state, _ = phase.step(state, batch)
+    saver = checkpoint.Checkpointer(directory, asynchronous=False)
+    saver.save(0, frozen.drop(state), frozen.record)
+    saver.close()
+    return sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory) for f in files
+    )
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> None:
+    print(
+        f"{args.model}, {args.resolution}px, configs/transfer.py's optimizer: bytes of one "
+        "checkpoint after one step (frozen pretrained leaves left out) against full fine-tuning's"
+    )
+    full = None
+    for strategy in ["full", *args.strategies]:
+        with tempfile.TemporaryDirectory() as directory:
+            size = _checkpoint_bytes(args.model, strategy, args.resolution, directory)
+        full = full or size
+        print(f"{strategy:14s} {size:14,d} bytes {100 * size / full:7.2f} %", flush=True)
 
 
 def main() -> None:
@@ -508,6 +594,7 @@ def main() -> None:
     step.add_argument("--rounds", type=int, default=5)
     step.add_argument("--steps", type=int, default=3, help="timed steps per round")
     step.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    step.add_argument("--jax-only", action="store_true", help="without the torch reference")
     step.set_defaults(func=cmd_step)
     freeze = sub.add_parser("freeze", help="compiled FLOPs and wall time per freezing strategy")
     freeze.add_argument("--resolution", type=int, default=224)
@@ -532,10 +619,17 @@ def main() -> None:
     probe.add_argument("--data", default="../shared/data/hymenoptera")
     probe.add_argument("--epochs", type=int, nargs="+", default=[10, 30, 100])
     probe.add_argument("--repeats", type=int, default=1)
+    probe.add_argument("--synthetic", type=int, help="instead of --data: this many images")
+    probe.add_argument("--cached-only", action="store_true", help="skip the step-by-step runs")
     probe.add_argument(
         "extra", nargs="*", help="after --: more --config.KEY=VALUE flags for both runs"
     )
     probe.set_defaults(func=cmd_probe)
+    sizes = sub.add_parser("checkpoint", help="checkpoint bytes per strategy, against full")
+    sizes.add_argument("--model", default="vit_b16")
+    sizes.add_argument("--resolution", type=int, default=224)
+    sizes.add_argument("--strategies", nargs="+", default=["linear_probe", "lora", "adapter"])
+    sizes.set_defaults(func=cmd_checkpoint)
     args = parser.parse_args()
     args.func(args)
 

@@ -111,7 +111,7 @@ def test_mounts_that_cannot_rename_a_directory_atomically_commit_by_file(tmp_pat
 
 def test_a_url_reaches_orbax_unchanged_and_commits_by_file(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(ocp, "CheckpointManager", lambda d, options: seen.append((d, options)))
+    monkeypatch.setattr(ocp, "CheckpointManager", lambda d, options, **_: seen.append((d, options)))
     monkeypatch.chdir(tmp_path)
     Checkpointer("gs://bucket/runs/a/checkpoints")
     Checkpointer("runs/b/checkpoints", commit_file=False)

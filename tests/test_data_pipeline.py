@@ -157,3 +157,14 @@ def test_arrays_batch_like_the_images_they_stand_for(source, all_images, start_s
         from_arrays = train(arrays, 8, pp="", **share)
         assert_batches_equal(from_arrays, train(source, 8, pp=IDENTITY, **share))
         assert {b["image"].dtype for b in from_arrays} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 13), (5, 9), (6, 7)])
+def test_global_batch_indices_are_the_batches_of_the_steps(source, all_images, start, stop):
+    """The index form of the order (for features already on the devices): steps `start` to
+    `stop` of 6 a batch, across the epoch boundaries at 6 and 12, give the images' batches."""
+    indices = data.global_batch_indices(N, 6, 3, start, stop)
+    assert indices.shape == (stop - start, 6)
+    batches = train(source, stop - start, pp=IDENTITY, seed=3, start_step=start)
+    for row, batch in zip(indices, batches, strict=True):
+        np.testing.assert_array_equal(all_images[row], batch["image"])

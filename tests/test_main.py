@@ -2,6 +2,7 @@
 
 import pytest
 from cli import FAST, command, losses, run
+from images import dark_and_light
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +82,36 @@ def test_a_bad_config_argument_is_one_line_and_writes_nothing(tmp_path, arg, mes
     assert not workdir.exists()
 
 
-def test_a_bad_field_value_is_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (
+            ("--config.batch_size=0", "--config.num_epochs=-1"),
+            "batch_size must be a whole number >= 1, got 0; num_epochs must be >= 0",
+        ),
+    ],
+)
+def test_a_bad_field_value_is_one_line_and_writes_nothing(tmp_path, fields, message):
     workdir = tmp_path / "run"
-    out = run(command(workdir, tmp_path, "--config.batch_size=0", "--config.num_epochs=-1"))
-    _one_error_line(out, "batch_size must be a whole number >= 1, got 0; num_epochs must be >= 0")
+    out = run(command(workdir, tmp_path, *fields))
+    _one_error_line(out, message)
+    assert not workdir.exists()
+
+
+def test_a_schedule_longer_than_the_run_is_one_line_and_writes_nothing(tmp_path):
+    folder = dark_and_light(tmp_path / "images")  # an image folder prints nothing as it opens
+    workdir = tmp_path / "run"
+    config = f"configs/transfer.py:data={folder},res=32"
+    out = run(
+        command(
+            workdir,
+            None,
+            "--config.total_steps=4",
+            "--config.schedule.warmup_steps=10",
+            config=config,
+        )
+    )
+    _one_error_line(out, "warmup_steps=10 must be in [0, total_steps=4]")
     assert not workdir.exists()
 
 

@@ -19,6 +19,7 @@ from cli import run as run_cli
 from PIL import Image
 
 from jtransfer import data, predict, pretrained, tasks, train
+from jtransfer.policy import unflatten
 from jtransfer.predict import PredictError, Predictor
 from jtransfer.pretrained.native import flatten
 
@@ -77,9 +78,20 @@ def run(tmp_path_factory):
 
 
 def _checkpoint_state(workdir) -> dict:
-    """The whole saved train state, read by orbax with no target: not through jtransfer."""
-    path = os.path.join(workdir, "checkpoints", str(STEPS), "default")
-    return ocp.StandardCheckpointer().restore(path)
+    """The saved train state, read by orbax with no target (not through jtransfer), with the
+    frozen leaves it leaves out taken from the pretrained weights the run started from."""
+    step = os.path.join(workdir, "checkpoints", str(STEPS))
+    state = ocp.StandardCheckpointer().restore(os.path.join(step, "default"))
+    with open(os.path.join(step, "frozen", "metadata")) as f:
+        record = json.load(f)
+    source = flatten(pretrained.load(record["source"]))
+    for collection in ("params", "batch_stats"):
+        leaves = flatten(state[collection])
+        leaves.update(
+            {p.split("/", 1)[1]: source[p] for p in record["leaves"] if p.startswith(collection)}
+        )
+        state[collection] = unflatten(leaves)
+    return state
 
 
 @slow

@@ -9,6 +9,7 @@ trained has moved. Phased strategies are checked at the phase boundary too.
 import importlib.util
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -151,3 +152,21 @@ def test_features_are_not_cached_when_they_could_change(folder, tmp_path):
         )
     with pytest.raises(ValueError, match="parameters below the head train"):
         _run(folder, tmp_path, "strategy=full", cache_features=True)
+
+
+def test_cached_probe_checkpoints_at_epoch_boundaries_and_resumes_exactly(folder, tmp_path):
+    """2 steps an epoch, a checkpoint asked every 3 steps: the compiled chunks are 2 epochs
+    long, so the head is saved at step 4 (the epoch boundary after step 3) and at the end; a
+    run resumed from step 4 ends with the head of the uninterrupted one, bit for bit."""
+    arg, every = STRATEGIES["cached_probe"], {"checkpoint_every": 3, "total_steps": 8}
+    _run(folder, tmp_path / "whole", arg, **every)
+    assert sorted(os.listdir(tmp_path / "whole" / "checkpoints")) == ["4", "8"]
+    resumed = tmp_path / "resumed"
+    _run(folder, resumed, arg, **every)
+    os.remove(resumed / "final_eval.json")
+    shutil.rmtree(resumed / "checkpoints" / "8")
+    _run(folder, resumed, arg, **every)
+    whole = flatten(read_run(tmp_path / "whole")["params"])
+    again = flatten(read_run(resumed)["params"])
+    for path in whole:
+        np.testing.assert_array_equal(again[path], whole[path], err_msg=path)

@@ -16,7 +16,7 @@ from jtransfer.data import (
 )
 from jtransfer.data.base import FEATURES, IGNORE_LABEL, DataError, Source
 from jtransfer.data.folders import CocoSource, ImageListSource, MaskFolderSource, VocSource
-from jtransfer.data.pipeline import EvalBatches, eval_batches, train_batches
+from jtransfer.data.pipeline import EvalBatches, eval_batches, global_batch_indices, train_batches
 from jtransfer.data.preprocess import PREPROCESS_OPS, is_deterministic, parse_pp, register_op
 from jtransfer.data.sources import FORMATS, ArraySource, ImageFolderSource, build_source
 from jtransfer.data.tfds_source import TfdsSource
@@ -38,6 +38,7 @@ __all__ = [
     "VocSource",
     "build_source",
     "eval_batches",
+    "global_batch_indices",
     "is_deterministic",
     "parse_pp",
     "register_op",

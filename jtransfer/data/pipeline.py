@@ -83,7 +83,7 @@ def train_batches(
         step = start_step
         while True:
             epoch, first = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([seed, epoch]).permutation(n)
+            order = epoch_order(n, seed, epoch)
             for k in range(first, steps_per_epoch):
                 lo = k * global_batch_size + p * b
                 yield {
@@ -101,6 +101,24 @@ def train_batches(
         indices, output_signature={"index": spec, "step": spec, "pos": spec}
     )
     return _batched(dataset.unbatch(), source, split, pp, seed, b).as_numpy_iterator()
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits the `n` training examples."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def global_batch_indices(n: int, global_batch_size: int, seed: int, start: int, stop: int):
+    """The example indices of the global batches of steps `start`..`stop - 1`, (steps, G): the
+    batches `train_batches` makes, as integers (for data that is already on the devices)."""
+    steps_per_epoch = n // global_batch_size
+    out = np.empty((stop - start, global_batch_size), np.int32)
+    for step in range(start, stop):
+        epoch, k = divmod(step, steps_per_epoch)
+        if step == start or k == 0:
+            order = epoch_order(n, seed, epoch)
+        out[step - start] = order[k * global_batch_size : (k + 1) * global_batch_size]
+    return out
 
 
 class EvalBatches:

@@ -1,11 +1,13 @@
 """Read the weights of a jtransfer run's orbax checkpoint: fine-tune from a fine-tune.
 
-A run saves its whole train state (`jtransfer.checkpoint`): parameters and batch statistics,
-but also the step, optimizer state, RNG and whatever later versions add. A reader that rebuilt
-that structure to restore into would break each time the state gains a field, and would need the
-optimizer of the earlier run. So this reader asks orbax for the checkpoint's own tree metadata
-and restores only the `params` and `batch_stats` subtrees (orbax's partial restore), as host
-numpy arrays: no target structure, no device placement, no sharding of the run that saved it.
+A run saves the part of its train state that changes (`jtransfer.checkpoint`): parameters and
+batch statistics, but also the step, optimizer state, RNG and whatever later versions add; the
+frozen part of its pretrained weights is read again from their source (`pretrained.frozen`). A
+reader that rebuilt that structure to restore into would break each time the state gains a
+field, and would need the optimizer of the earlier run. So this reader asks orbax for the
+checkpoint's own tree metadata and restores only the `params` and `batch_stats` subtrees
+(orbax's partial restore), as host numpy arrays: no target structure, no device placement, no
+sharding of the run that saved it.
 
 A path may be the run's workdir (its latest step under `checkpoints/` is read), its
 `checkpoints/` directory, or one step directory `checkpoints/<step>`, on a local disk or at a
@@ -20,17 +22,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jtransfer.checkpoint import is_complete
+from jtransfer.checkpoint import ITEM, is_complete, read_frozen_record
 from jtransfer.errors import JTransferError
+from jtransfer.policy import overlay
+from jtransfer.pretrained import frozen
 
 COLLECTIONS = ("params", "batch_stats")
-_ITEM = "default"  # the item name orbax's CheckpointManager gives a single unnamed item
 
 
 class OrbaxCheckpointError(JTransferError):
@@ -41,7 +45,7 @@ def step_dir(path: str | os.PathLike) -> epath.Path:
     """The complete step directory that `path` (workdir, checkpoints/ or a step directory)
     stands for."""
     path = epath.Path(path)
-    if (path / _ITEM).is_dir():
+    if (path / ITEM).is_dir():
         if not is_complete(path):
             raise OrbaxCheckpointError(
                 f"{path} is a checkpoint whose save did not finish (it has no commit marker); "
@@ -54,14 +58,20 @@ def step_dir(path: str | os.PathLike) -> epath.Path:
         raise OrbaxCheckpointError(
             f"{path} holds no orbax checkpoint whose save finished: expected a run's workdir "
             "(with checkpoints/), its checkpoints/ directory or a step directory "
-            f"checkpoints/<step>/{_ITEM}"
+            f"checkpoints/<step>/{ITEM}"
         )
     return root / str(max(steps))
 
 
-def read_run(path: str | os.PathLike) -> dict:
-    """`{'params': ..., 'batch_stats': ...}` (nested dicts of numpy arrays) saved at `path`."""
-    item = step_dir(path) / _ITEM
+def read_run(path: str | os.PathLike, load: Callable[[str, str], Mapping] | None = None) -> dict:
+    """`{'params': ..., 'batch_stats': ...}` (nested dicts of numpy arrays) of the run at `path`:
+    what its checkpoint holds, and the frozen leaves it left out, read again with
+    `load(source, model)` (default `pretrained.load`; `pretrained.frozen.rebuild`)."""
+    if load is None:
+        from jtransfer.pretrained import load  # noqa: PLC0415 (the package imports this module)
+
+    step = step_dir(path)
+    item = step / ITEM
     checkpointer = ocp.PyTreeCheckpointer()
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -85,4 +95,8 @@ def read_run(path: str | os.PathLike) -> dict:
         raise OrbaxCheckpointError(f"{item} could not be restored: {e}") from e
     finally:
         absl_logger.setLevel(level)
-    return {k: restored.get(k) or {} for k in COLLECTIONS}
+    saved = {k: restored.get(k) or {} for k in COLLECTIONS}
+    record = read_frozen_record(step)
+    if record is None:
+        return saved
+    return overlay(frozen.rebuild(record, load, f"the checkpoint {step}"), saved)

@@ -1,0 +1,99 @@
+"""Checkpoints hold what changes: the frozen pretrained leaves are left out, read again from
+their source on resume and by every reader of the run, and checked against a fingerprint.
+
+Runs of EfficientNet-Lite0 (its ImageNet weights written to a `.safetensors` file, so that a
+test can change or remove the source) on a tiny image folder at 32 px, a few steps each. That a
+resume from such a checkpoint is bit-exact is tests/test_resume.py's (its gradual-unfreezing
+run leaves the lower stages out) and tests/test_strategies.py's (the cached probe).
+"""
+
+import os
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from images import dark_and_light
+from test_strategies import _run
+
+from jtransfer import checkpoint, export, pretrained
+from jtransfer.policy import flatten
+from jtransfer.pretrained import native
+from jtransfer.pretrained.frozen import FrozenSourceError, fingerprint
+from jtransfer.pretrained.orbax_reader import read_run
+
+pytestmark = pytest.mark.slow
+HEAD_ONLY = "strategy=linear_probe"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return dark_and_light(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture
+def source(tmp_path) -> str:
+    """Lite0's ImageNet weights as a file of native keys."""
+    path = str(tmp_path / "lite0.safetensors")
+    safetensors.numpy.save_file(
+        native.flatten(pretrained.load("efficientnet_lite0/imagenet")), path
+    )
+    return path
+
+
+def _bytes(directory) -> int:
+    return sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory) for f in files
+    )
+
+
+def _train(folder, workdir, arg, source):
+    return _run(folder, workdir, arg, pretrained={"source": source, "dont_load": _dont_load(arg)})
+
+
+def _dont_load(arg: str) -> tuple[str, ...]:
+    return ("head/.*", ".*/lora/.*") if "lora" in arg else ("head/.*",)
+
+
+def test_probe_and_lora_checkpoints_hold_what_trains(folder, tmp_path, source):
+    sizes = {}
+    # LoRA at rank 2: a rank-8 pair on Lite0's narrow 1x1 convolutions (16 to 1280 channels)
+    # is itself 5.3 % of the model's parameters, which no checkpoint of it can undercut.
+    for arg in ("strategy=full", HEAD_ONLY, "strategy=lora,rank=2"):
+        workdir = tmp_path / arg
+        config, _ = _train(folder, workdir, arg, source)
+        step = workdir / "checkpoints" / "4"
+        sizes[arg] = _bytes(step)
+        record = checkpoint.read_frozen_record(step)
+        whole = flatten(read_run(workdir))
+        start = flatten(pretrained.load(source, model="efficientnet_lite0"))
+        if arg == "strategy=full":
+            assert record is None
+            continue
+        assert record["source"] == source and len(record["leaves"]) > 100
+        # what was left out reads back bit-identical to the source, the rest as trained
+        for path in record["leaves"]:
+            np.testing.assert_array_equal(whole[path], start[path], err_msg=path)
+        assert record["sha256"] == fingerprint({p: start[p] for p in record["leaves"]})
+        assert any(p.startswith("params/head/") for p in whole)
+    full = sizes["strategy=full"]
+    print({arg: f"{n:,} bytes, {100 * n / full:.2f} %" for arg, n in sizes.items()})
+    assert sizes[HEAD_ONLY] <= 0.02 * full
+    assert sizes["strategy=lora,rank=2"] <= 0.02 * full
+
+
+def test_a_changed_or_missing_source_is_an_error_naming_it(folder, tmp_path, source):
+    workdir = tmp_path / "run"
+    config, first = _train(folder, workdir, HEAD_ONLY, source)
+    os.remove(workdir / "final_eval.json")  # unfinished: the rerun resumes from step 4
+    arrays = safetensors.numpy.load_file(source)
+    key = "params/backbone/stem/conv/kernel"
+    arrays[key] = arrays[key] * np.float32(1.001)
+    safetensors.numpy.save_file(arrays, source)
+    with pytest.raises(FrozenSourceError, match=rf"source '{source}' changed since the checkpoint"):
+        _train(folder, workdir, HEAD_ONLY, source)
+    with pytest.raises(FrozenSourceError, match=rf"source '{source}' changed since the checkpoint"):
+        export.export(workdir, tmp_path / "out.npz")
+    assert not (tmp_path / "out.npz").exists()
+    os.remove(source)
+    with pytest.raises(FrozenSourceError, match=rf"from the pretrained source '{source}'"):
+        read_run(workdir)
