@@ -219,6 +219,7 @@ def train_and_evaluate(
             return state, step + 1, lambda _: step_metrics
         stop = scanned.stop(step, total_steps)
         state, stacked = scanned.run(current, state, step, stop)
+        stacked = jax.device_get(stacked)  # once: indexing device arrays compiles a program
         return state, stop, lambda s: jax.tree.map(lambda m: m[s - step - 1], stacked)
 
     writer = metrics.MetricWriter(workdir, total_steps, resume_step=start_step)
