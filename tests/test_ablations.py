@@ -1,8 +1,8 @@
 """The ablation configs: every `--quick` variant end to end through the sweep command (runner,
 collection, findings and plots; not the figures), and what the full variants would run.
 
-The quick variants share one compilation cache for the whole test session, as several sweeps of
-one user may (`--jax_cache`), so a step shape two of them share compiles once.
+The quick variants share the test session's compilation cache (tests/conftest.py), as several
+sweeps of one user may (`--jax_cache`), so a step shape two of them share compiles once.
 """
 
 import csv
@@ -24,10 +24,8 @@ common = config_files.load(os.path.join(ROOT, "configs", "ablations", "common.py
 
 
 @pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory) -> str:
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if base.name.startswith("popen-gw") else base  # across xdist workers
-    return str(shared / "ablations_jax_cache")
+def jax_cache() -> str:
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's (conftest.py)
 
 
 @pytest.mark.slow

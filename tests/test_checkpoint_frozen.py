@@ -9,6 +9,7 @@ run leaves the lower stages out) and tests/test_strategies.py's (the cached prob
 
 import os
 
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -54,29 +55,39 @@ def _dont_load(arg: str) -> tuple[str, ...]:
     return ("head/.*", ".*/lora/.*") if "lora" in arg else ("head/.*",)
 
 
+def _full_fine_tuning_bytes(tmp_path, source) -> int:
+    """Bytes of what a full fine-tuning run of Lite0 saves: every parameter, the statistics and
+    a momentum for each parameter (stood in for by the parameters themselves, which compress as
+    little as a trained momentum). `scripts/benchmark.py checkpoint` measures a real one."""
+    variables = pretrained.load(source, model="efficientnet_lite0")
+    variables["params"] = {k: v for k, v in variables["params"].items() if k != "head"}
+    state = {**variables, "opt_state": jax.tree.leaves(variables["params"]), "step": np.int32(4)}
+    saver = checkpoint.Checkpointer(tmp_path / "full", asynchronous=False)
+    saver.save(4, state)
+    saver.close()
+    return _bytes(tmp_path / "full" / "4")
+
+
 def test_probe_and_lora_checkpoints_hold_what_trains(folder, tmp_path, source):
     sizes = {}
     # LoRA at rank 2: a rank-8 pair on Lite0's narrow 1x1 convolutions (16 to 1280 channels)
     # is itself 5.3 % of the model's parameters, which no checkpoint of it can undercut.
-    for arg in ("strategy=full", HEAD_ONLY, "strategy=lora,rank=2"):
+    for arg in (HEAD_ONLY, "strategy=lora,rank=2"):
         workdir = tmp_path / arg
-        config, _ = _train(folder, workdir, arg, source)
+        _train(folder, workdir, arg, source)
         step = workdir / "checkpoints" / "4"
         sizes[arg] = _bytes(step)
         record = checkpoint.read_frozen_record(step)
         whole = flatten(read_run(workdir))
         start = flatten(pretrained.load(source, model="efficientnet_lite0"))
-        if arg == "strategy=full":
-            assert record is None
-            continue
         assert record["source"] == source and len(record["leaves"]) > 100
         # what was left out reads back bit-identical to the source, the rest as trained
         for path in record["leaves"]:
             np.testing.assert_array_equal(whole[path], start[path], err_msg=path)
         assert record["sha256"] == fingerprint({p: start[p] for p in record["leaves"]})
         assert any(p.startswith("params/head/") for p in whole)
-    full = sizes["strategy=full"]
-    print({arg: f"{n:,} bytes, {100 * n / full:.2f} %" for arg, n in sizes.items()})
+    full = _full_fine_tuning_bytes(tmp_path, source)
+    print({arg: f"{n:,} bytes, {100 * n / full:.2f} % of {full:,}" for arg, n in sizes.items()})
     assert sizes[HEAD_ONLY] <= 0.02 * full
     assert sizes["strategy=lora,rank=2"] <= 0.02 * full
 
