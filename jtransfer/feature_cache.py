@@ -128,8 +128,7 @@ class ScannedTraining:
         n = len(self._labels)
         indices = data.global_batch_indices(n, self._batch, self._seed, start, start + self.chunk)
         valid = np.arange(self.chunk) < stop - start
-        state, metrics = phase.scanned(state, self._inputs, self._labels, indices, valid)
-        return state, metrics
+        return phase.scanned(state, self._inputs, self._labels, indices, valid)
 
 
 def chunk_steps(checkpoint_every: int, eval_every: int, steps_per_epoch: int, total: int) -> int:
