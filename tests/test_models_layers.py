@@ -162,3 +162,16 @@ def test_conv_bn_activation_and_constants():
     conv = layers.conv2d(x, variables["params"]["conv"]["kernel"], 1, "symmetric")
     np.testing.assert_allclose(y, nn.relu((conv - 2.0) / jnp.sqrt(1 + 1e-5) + 10), rtol=1e-5)
     assert float(y.max()) > 6  # ReLU, not the default ReLU6
+
+
+def test_fresh_kernels_have_tf_efficientnets_he_variance():
+    """He's variance 2 / fan-out with TF EfficientNet's fan-out: k·k·out_filters for a
+    convolution, k·k for a depthwise kernel, whose output filters TF counts per channel. With
+    Flax's fan-out of the (k, k, 1, C) layout (k·k·C), a Lite0 from scratch evaluated as one
+    class."""
+    x = jnp.zeros((1, 8, 8, 672))
+    depthwise = layers.DepthwiseConv(5).init(jax.random.key(0), x)["params"]["kernel"]
+    assert depthwise.shape == (5, 5, 1, 672)
+    np.testing.assert_allclose(np.var(depthwise), 2 / 25, rtol=0.05)
+    pointwise = layers.conv_init(jax.random.key(1), (1, 1, 112, 672))
+    np.testing.assert_allclose(np.var(pointwise), 2 / 672, rtol=0.05)

@@ -31,8 +31,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# TF EfficientNet's kernel initialiser; only new (non-pretrained) layers ever see it.
+# TF EfficientNet's kernel initialiser, He's with fan-out = k·k·out_filters; only new
+# (non-pretrained) layers and runs from scratch ever see it.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+# The same for a depthwise kernel (k, k, 1, C), whose out_filters TF counts per channel (its
+# layout is (k, k, C, 1)): fan-out k·k. Flax's fan-out of (k, k, 1, C) would be k·k·C, which
+# drew weights C times too small in variance, so that a Lite0 from scratch ran its deep depthwise
+# layers at activations of variance ~1e-4; BatchNorm hid it in training, but running
+# variances started at 1 were still ~100x too large after 450 steps and evaluation collapsed to
+# one class.
+depthwise_init = nn.initializers.variance_scaling(
+    2.0, "fan_out", "truncated_normal", in_axis=-1, out_axis=-2
+)
 
 DEPTHWISE_IMPLS = ("auto", "native", "shifted")
 PADDINGS = ("same", "symmetric")
@@ -163,7 +173,7 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param("kernel", conv_init, (k, k, 1, x.shape[-1]))
+        kernel = self.param("kernel", depthwise_init, (k, k, 1, x.shape[-1]))
         conv = resolve_depthwise_impl(self.impl)
         return conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
 
