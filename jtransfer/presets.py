@@ -142,6 +142,8 @@ def peft(
     parameters and the new layers train, everything pretrained is frozen, BatchNorm included."""
     knob, option = PEFT_KNOBS[strategy]
     value = knobs[knob]
+    if strategy == "lora" and value is None:
+        value = models.lora_rank(model)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise JTransferError(
             f"strategy {strategy!r} needs {knob} = a whole number >= 1, got {value!r}"
@@ -170,7 +172,7 @@ STRATEGY_KNOBS = {
     "bitfit_scales": False,  # bitfit: normalisation scales train too
     "ema": 0.99,  # ema: decay per step
     "alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # wise_ft: interpolation weights of the fine-tune
-    "rank": 8,  # lora: rank of the factors (scale, targets: --config.model.lora_*)
+    "rank": None,  # lora: rank of the factors; None: the model's (8; 2 on EfficientNet-Lite)
     "bottleneck": 16,  # adapter: width of each adapter's bottleneck
     "prompts": 10,  # vpt: prompt tokens per block
 }

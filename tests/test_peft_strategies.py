@@ -61,7 +61,10 @@ def test_presets_in_every_config_file():
         (".*/adapter/.*", "train"),
     )
     assert c.pretrained.dont_load == ("head/.*", "neck/.*", ".*/adapter/.*")
-    assert _config_file("detection", "strategy=lora").model.lora_rank == 8
+    # the default rank: about the same share of the backbone on every family
+    assert _config_file("transfer", "strategy=lora").model.lora_rank == 2  # EfficientNet-Lite0
+    assert _config_file("transfer", "strategy=lora,model=vit_b16").model.lora_rank == 8
+    assert _config_file("detection", "strategy=lora,model=resnet50").model.lora_rank == 8
 
 
 def test_bad_preset_values():

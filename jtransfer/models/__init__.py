@@ -125,6 +125,12 @@ def lora_targets(name: str) -> str:
     return peft.default_targets(BACKBONES[name](name))
 
 
+def lora_rank(name: str) -> int:
+    """The rank LoRA uses by default on model `name` (`peft.default_rank`)."""
+    _known(name)
+    return peft.default_rank(BACKBONES[name](name))
+
+
 def _check_kwargs(
     name: str, kwargs: dict, own: frozenset[str] = frozenset({"dropout_rate"})
 ) -> None:

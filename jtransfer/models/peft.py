@@ -85,6 +85,15 @@ def default_targets(backbone: nn.Module) -> str:
     raise JTransferError(f"no default LoRA targets for {type(backbone).__name__}")
 
 
+def default_rank(backbone: nn.Module) -> int:
+    """The rank LoRA uses unless told otherwise: the one that trains about the same share of the
+    backbone (1.4 %) on each family. Rank 8 does that on ViT-B/16 and ResNet-50, whose adapted
+    kernels are 768 and 64 to 2,048 wide on their narrower side; EfficientNet-Lite's 1x1
+    convolutions meet its narrow bottlenecks (16 to 320 channels, median 112), where rank 8 would
+    train 5.4 % of Lite0 and rank 2 trains 1.35 %."""
+    return 2 if isinstance(backbone, EfficientNetLite) else 8
+
+
 class LoraFactors(nn.Module):
     """`a` (the kernel's input axes, rank), drawn at random, and `b` (rank, outputs), zeros."""
 
