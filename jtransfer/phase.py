@@ -77,6 +77,7 @@ def make_train_step(
     ema_decay: float = 0.0,
     on_features: bool = False,
     grad_accum_steps: int = 1,
+    schedule: optax.Schedule | None = None,
 ) -> Callable[[State, dict], tuple[State, dict]]:
     """`step(state, batch) -> (state, metrics)`; jit it with the shardings of the caller.
 
@@ -87,6 +88,9 @@ def make_train_step(
     devices) whose gradients a `lax.scan` averages before the one update. Without train-mode
     BatchNorm that is the update of the whole batch; train-mode BatchNorm normalises each
     micro-batch by its own statistics and updates its running statistics once per micro-batch.
+    With `schedule`, the metrics include the step's learning rate (`lr`), computed in the
+    compiled step rather than by a host call per logged step (each of those dispatches and
+    compiles the schedule's operations eagerly).
     """
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
@@ -161,7 +165,10 @@ def make_train_step(
                 state["ema_params"],
                 select(new_params, trainable_mask),
             )
-        return new_state, {"loss": value, **metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": value, **metrics, "grad_norm": optax.global_norm(grads)}
+        if schedule is not None:
+            metrics["lr"] = schedule(state["step"])
+        return new_state, metrics
 
     return step
 
@@ -272,6 +279,7 @@ def build_phase(
         ema_decay=config.ema_decay,
         on_features=on_features,
         grad_accum_steps=config.grad_accum_steps,
+        schedule=schedule,
     )
     shardings, out_shardings = None, None
     if layout is not None:

@@ -233,6 +233,10 @@ def apply_strategy(config, strategy: str, knobs: Mapping[str, Any], *, neck: boo
         config.pretrained.dont_load = (*config.pretrained.dont_load, SUBTREES[strategy])
     config.policy, config.norm_eval = policy, norm_eval
     config.cache_features = strategy == "cached_probe"
+    if strategy == "cached_probe":
+        # No checkpoints between the end and a preemption's: the head's whole training takes
+        # about a second, and a resumed run extracts the features again, which costs far more.
+        config.checkpoint_every = 0
     if strategy == "scratch":
         config.pretrained.source = ""
     if strategy == "l2sp":

@@ -240,14 +240,16 @@ def train_and_evaluate(
                 )
             done = range(first + 1, step + 1)
             logged = [s for s in done if s % config.log_every == 0 or s == total_steps]
-            for s in logged:
-                values = {f"train/{k}": v for k, v in jax.device_get(metrics_at(s)).items()}
-                values["train/lr"] = schedule(s - 1)
-                if s == logged[-1]:
-                    rate = writer.progress(s, values["train/loss"], config.batch_size)
-                    if rate:
-                        values["train/img_per_sec"] = rate
-                writer.write(s, values)
+            rows = [
+                (s, {f"train/{k}": v for k, v in jax.device_get(metrics_at(s)).items()})
+                for s in logged
+            ]
+            if rows:
+                last, values = rows[-1]
+                rate = writer.progress(last, values["train/loss"], config.batch_size)
+                if rate:
+                    values["train/img_per_sec"] = rate
+            writer.write_rows(rows)
             if _passed(config.eval_every, first, step) and step < total_steps:
                 writer.write_evaluations(step, evaluate(state))
             # `reached` is asked for every step: on several hosts it is a collective sync point.

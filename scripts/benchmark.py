@@ -502,14 +502,19 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def _probe_table(args: argparse.Namespace, data: str) -> None:
+    # the eval step at the extraction's batch and resolution, measured here, between the runs
+    batch = config_files.load(TRANSFER_CONFIG).get_config("strategy=cached_probe").eval_batch_size
+    _, evaluate = _jax_runners(batch, 224)
+    eval_rate = batch / statistics.median(_timed(evaluate, 10))
     print(
         f"linear probe on {args.data if not args.synthetic else f'{args.synthetic} synthetic'}, "
         "EfficientNet-Lite0: cached features vs step by step; train = train_seconds (feature "
         "extraction included), head = the head's training after extraction, extraction = img/s "
-        f"after compiling, wall = whole process; medians of {args.repeats}"
+        f"after compiling (and its share of the eval step's {eval_rate:.0f} img/s at batch "
+        f"{batch}, 224 px, median of 10), wall = whole process; medians of {args.repeats}"
     )
     print(
-        f"{'epochs':>6s} {'acc cached':>10s} {'acc steps':>9s} {'head':>6s} {'extract':>8s} "
+        f"{'epochs':>6s} {'acc cached':>10s} {'acc steps':>9s} {'head':>6s} {'extract':>13s} "
         f"{'train cached':>12s} {'train steps':>11s} {'ratio':>6s} "
         f"{'wall cached':>11s} {'wall steps':>10s} {'ratio':>6s}"
     )
@@ -527,7 +532,8 @@ def _probe_table(args: argparse.Namespace, data: str) -> None:
         }
         print(
             f"{epochs:6d} {med[True, 'accuracy']:10.4f} {med[False, 'accuracy']:9.4f} "
-            f"{med[True, 'head']:5.2f}s {med[True, 'extraction']:8.0f} "
+            f"{med[True, 'head']:5.2f}s {med[True, 'extraction']:6.0f} "
+            f"({med[True, 'extraction'] / eval_rate:4.0%}) "
             f"{med[True, 'train']:11.1f}s {med[False, 'train']:10.1f}s "
             f"{med[False, 'train'] / med[True, 'train']:5.1f}x "
             f"{med[True, 'wall']:10.1f}s {med[False, 'wall']:9.1f}s "

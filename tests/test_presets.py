@@ -1,8 +1,17 @@
 import pytest
 
+from jtransfer import base_config
 from jtransfer.epochs import Epochs
 from jtransfer.policy import Policy
-from jtransfer.presets import bitfit, freeze, gradual_unfreezing, layerwise_lr_decay, lp_ft
+from jtransfer.presets import (
+    STRATEGY_KNOBS,
+    apply_strategy,
+    bitfit,
+    freeze,
+    gradual_unfreezing,
+    layerwise_lr_decay,
+    lp_ft,
+)
 
 PATHS = {
     "backbone": {
@@ -100,3 +109,13 @@ def test_bitfit_trains_biases_and_optionally_scales():
     assert not mask["backbone"]["block1"]["conv"]["kernel"] and mask["head"]["dense"]["kernel"]
     mask = Policy.from_pairs(bitfit("vit_ti16", norm_scales=True)).trainable_mask(params)
     assert mask["backbone"]["block1"]["norm"]["scale"]
+
+
+def test_the_cached_probe_checkpoints_at_its_end_and_on_preemption_only():
+    """Its head trains in about a second and a resumed run extracts the features again, so
+    periodic head checkpoints would protect nothing and cost a third of the head's time."""
+    config = base_config.get_config()
+    apply_strategy(config, "cached_probe", STRATEGY_KNOBS)
+    assert config.cache_features and config.checkpoint_every == 0
+    apply_strategy(config, "linear_probe", STRATEGY_KNOBS)
+    assert not config.cache_features and config.checkpoint_every == 0  # left as it was set

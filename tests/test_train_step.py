@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jtransfer import base_config, cost, tasks
+from jtransfer import base_config, cost, optim, tasks
 from jtransfer.optim import build_optimizer
 from jtransfer.phase import make_train_step
 from jtransfer.policy import Policy
@@ -73,6 +73,22 @@ def test_frozen_parameters_bit_identical_and_trainable_ones_move():
     )
     assert not np.array_equal(after["head"]["kernel"], before["head"]["kernel"])
     assert int(state["step"]) == 3 and np.isfinite(metrics["grad_norm"])
+
+
+def test_metrics_carry_the_learning_rate_of_the_step_they_took():
+    model, state, _, batch = _setup([(".*", "train")])
+    schedule = optim.build_schedule(0.5, 10, warmup_steps=4)
+    policy = Policy.from_pairs([(".*", "train")])
+    tx = build_optimizer({"name": "sgd"}, schedule, policy, state["params"], 0.0, 0.0)
+    mask = policy.trainable_mask(state["params"])
+    step = jax.jit(make_train_step(model, TASK.loss, tx, mask, schedule=schedule))
+    state = {**state, "opt_state": tx.init(state["params"])}
+    rates = []
+    for _ in range(6):
+        state, metrics = step(state, batch)
+        rates.append(float(metrics["lr"]))
+    np.testing.assert_allclose(rates, [float(schedule(s)) for s in range(6)], rtol=1e-6)
+    assert rates[0] == 0.0 and rates[4] == 0.5  # the warm-up starts at zero and peaks at step 4
 
 
 def _flops(pairs) -> float:
