@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 from images import dark_and_light
@@ -55,6 +56,15 @@ def _dont_load(arg: str) -> tuple[str, ...]:
     return ("head/.*", ".*/lora/.*") if "lora" in arg else ("head/.*",)
 
 
+def _array_bytes(step) -> int:
+    """Bytes of the arrays the checkpoint `step` holds, whatever the files that store them:
+    OCDBT's files of one save vary by up to half of a small checkpoint's size between identical
+    runs (one data file per write batch, the batches as the writer threads make them)."""
+    tree = ocp.PyTreeCheckpointer().metadata(step / checkpoint.ITEM).item_metadata.tree
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
+
+
 def _full_fine_tuning_bytes(tmp_path, source) -> int:
     """Bytes of what a full fine-tuning run of Lite0 saves: every parameter, the statistics and
     a momentum for each parameter (stood in for by the parameters themselves, which compress as
@@ -65,18 +75,18 @@ def _full_fine_tuning_bytes(tmp_path, source) -> int:
     saver = checkpoint.Checkpointer(tmp_path / "full", asynchronous=False)
     saver.save(4, state)
     saver.close()
-    return _bytes(tmp_path / "full" / "4")
+    return _bytes(tmp_path / "full" / "4"), _array_bytes(tmp_path / "full" / "4")
 
 
 def test_probe_and_lora_checkpoints_hold_what_trains(folder, tmp_path, source):
-    sizes = {}
+    sizes, arrays = {}, {}
     # LoRA at the preset's rank for Lite0 (2; rank 8 on its narrow 1x1 convolutions would be
     # 5.4 % of the model's parameters, which no checkpoint of it could undercut)
     for arg in (HEAD_ONLY, "strategy=lora"):
         workdir = tmp_path / arg
         _train(folder, workdir, arg, source)
         step = workdir / "checkpoints" / "4"
-        sizes[arg] = _bytes(step)
+        sizes[arg], arrays[arg] = _bytes(step), _array_bytes(step)
         record = checkpoint.read_frozen_record(step)
         whole = flatten(read_run(workdir))
         start = flatten(pretrained.load(source, model="efficientnet_lite0"))
@@ -86,10 +96,14 @@ def test_probe_and_lora_checkpoints_hold_what_trains(folder, tmp_path, source):
             np.testing.assert_array_equal(whole[path], start[path], err_msg=path)
         assert record["sha256"] == fingerprint({p: start[p] for p in record["leaves"]})
         assert any(p.startswith("params/head/") for p in whole)
-    full = _full_fine_tuning_bytes(tmp_path, source)
+    full, full_arrays = _full_fine_tuning_bytes(tmp_path, source)
     print({arg: f"{n:,} bytes, {100 * n / full:.2f} % of {full:,}" for arg, n in sizes.items()})
+    print({a: f"{n:,} array bytes, {100 * n / full_arrays:.2f} %" for a, n in arrays.items()})
     assert sizes[HEAD_ONLY] <= 0.02 * full
-    assert sizes["strategy=lora"] <= 0.02 * full
+    # LoRA's arrays are 1.4 % of full fine-tuning's; its files measured 1.5 to 2.3 % of the
+    # full checkpoint's over seven identical runs (`_array_bytes`), with ~140 KB of metadata
+    assert arrays["strategy=lora"] <= 0.02 * full_arrays
+    assert sizes["strategy=lora"] <= 0.025 * full
 
 
 def test_a_changed_or_missing_source_is_an_error_naming_it(folder, tmp_path, source):
