@@ -80,10 +80,16 @@ def test_metrics_and_events_resume_on_ram_keeping_each_step_once(ram):
         {"step": 1, "train/loss": 1.0},
         {"step": 2, "train/loss": 0.5},
     ]
-    writer.write(3, {"train/loss": 0.25, "eval/accuracy": float("nan")})
-    assert metrics.read_rows(ram)[-1] == {"step": 3, "train/loss": 0.25, "eval/accuracy": None}
+    # the rows of a compiled chunk of steps, written at once
+    writer.write_rows(
+        [(3, {"train/loss": 0.25, "eval/accuracy": float("nan")}), (4, {"train/loss": 0.125})]
+    )
+    assert metrics.read_rows(ram)[-2:] == [
+        {"step": 3, "train/loss": 0.25, "eval/accuracy": None},
+        {"step": 4, "train/loss": 0.125},
+    ]
     writer.close()
-    assert _events(ram) == {"train/loss": [(1, 1.0), (2, 0.5), (3, 0.25)]}
+    assert _events(ram) == {"train/loss": [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.125)]}
 
 
 def test_files_are_written_whole_and_removed_on_ram(ram):
