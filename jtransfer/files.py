@@ -91,6 +91,14 @@ def rmtree(path: str) -> None:
         gfile.rmtree(path)
 
 
+def tree_bytes(path: str) -> int:
+    """The bytes of the files below the directory `path` (a checkpoint step, a workdir)."""
+    gfile = _gfile()
+    return sum(
+        gfile.stat(gfile.join(d, f)).length for d, _, names in gfile.walk(path) for f in names
+    )
+
+
 def check_workdir(workdir: str) -> None:
     """Raises `WorkdirError`, one line naming `workdir`, when a workdir URL cannot be reached:
     no file system for its scheme, no credentials or no network, or (`gs://`) no such bucket.

@@ -75,6 +75,7 @@ import optax
 from PIL import Image
 
 from jtransfer import checkpoint, config_files, cost, graft, presets, sharding, tasks
+from jtransfer import files as jtransfer_files
 from jtransfer.epochs import Epochs
 from jtransfer.models import build_model, efficientnet_lite_spec
 from jtransfer.phase import build_phase
@@ -543,14 +544,14 @@ def _probe_table(args: argparse.Namespace, data: str) -> None:
 
 
 def _checkpoint_bytes(
-    model_name: str, strategy: str, resolution: int, directory: str, steps: int = 5
-) -> tuple[int, int]:
-    """(bytes of its files, bytes of the arrays it holds) of the checkpoint a run of
-    configs/transfer.py (`model_name`, `strategy`) writes after `steps` steps, seeded weights
-    standing in for the pretrained source. After one step LoRA's `a` factors still have zero
-    momentum (their gradient is zero while `b` is), which compresses to nothing; the files of
-    small checkpoints also vary between identical saves (OCDBT writes a data file per batch of
-    writes), the arrays do not."""
+    model_name: str, strategy: str, resolution: int, repeats: int, steps: int = 5
+) -> tuple[list[int], int]:
+    """(bytes of the files of each of `repeats` saves, bytes of the arrays they hold) of the
+    checkpoint a run of configs/transfer.py (`model_name`, `strategy`) writes after `steps`
+    steps, seeded weights standing in for the pretrained source. After one step LoRA's `a`
+    factors still have zero momentum (their gradient is zero while `b` is), which compresses to
+    nothing; the files of small checkpoints also vary between identical saves (OCDBT writes a
+    data file per batch of writes), the arrays do not."""
     transfer = config_files.load(TRANSFER_CONFIG)
     config = transfer.get_config(f"model={model_name},strategy={strategy},res={resolution}")
     task = tasks.build(config, ["a", "b", "c", "d", "e"])
@@ -577,12 +578,13 @@ def _checkpoint_bytes(
     for _ in range(steps):
         state, _ = phase.step(state, batch)
     saved = frozen.drop(state)
-    saver = checkpoint.Checkpointer(directory, asynchronous=False)
-    saver.save(0, saved, frozen.record)
-    saver.close()
-    files = sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(directory) for f in names
-    )
+    files = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as directory:
+            saver = checkpoint.Checkpointer(directory, asynchronous=False)
+            saver.save(0, saved, frozen.record)
+            saver.close()
+            files.append(jtransfer_files.tree_bytes(directory))
     return files, sum(x.nbytes for x in jax.tree.leaves(saved))
 
 
@@ -590,15 +592,16 @@ def cmd_checkpoint(args: argparse.Namespace) -> None:
     print(
         f"{args.model}, {args.resolution}px, configs/transfer.py's optimizer: one checkpoint "
         "after 5 steps (frozen pretrained leaves left out) against full fine-tuning's, the bytes "
-        "of its files and of the arrays it holds"
+        f"of its files (median, min and max of {args.repeats} saves) and of the arrays it holds"
     )
     full = None
     for strategy in ["full", *args.strategies]:
-        with tempfile.TemporaryDirectory() as directory:
-            files, arrays = _checkpoint_bytes(args.model, strategy, args.resolution, directory)
-        full = full or (files, arrays)
+        files, arrays = _checkpoint_bytes(args.model, strategy, args.resolution, args.repeats)
+        full = full or (statistics.median(files), arrays)
         print(
-            f"{strategy:14s} files {files:12,d} bytes {100 * files / full[0]:6.2f} %  "
+            f"{strategy:14s} files {statistics.median(files):12,.0f} bytes "
+            f"{100 * statistics.median(files) / full[0]:6.2f} % "
+            f"({100 * min(files) / full[0]:.2f} to {100 * max(files) / full[0]:.2f})  "
             f"arrays {arrays:12,d} bytes {100 * arrays / full[1]:6.2f} %",
             flush=True,
         )
@@ -648,6 +651,7 @@ def main() -> None:
     sizes.add_argument("--model", default="vit_b16")
     sizes.add_argument("--resolution", type=int, default=224)
     sizes.add_argument("--strategies", nargs="+", default=["linear_probe", "lora", "adapter"])
+    sizes.add_argument("--repeats", type=int, default=5, help="saves of each state")
     sizes.set_defaults(func=cmd_checkpoint)
     args = parser.parse_args()
     args.func(args)

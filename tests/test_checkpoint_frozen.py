@@ -18,9 +18,10 @@ from images import dark_and_light
 from test_strategies import _run
 
 from jtransfer import checkpoint, export, pretrained
+from jtransfer.files import tree_bytes
 from jtransfer.policy import flatten
 from jtransfer.pretrained import native
-from jtransfer.pretrained.frozen import FrozenSourceError, fingerprint
+from jtransfer.pretrained.frozen import FrozenSourceError, fingerprint, frozen_leaves
 from jtransfer.pretrained.orbax_reader import read_run
 
 pytestmark = pytest.mark.slow
@@ -42,12 +43,6 @@ def source(tmp_path) -> str:
     return path
 
 
-def _bytes(directory) -> int:
-    return sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory) for f in files
-    )
-
-
 def _train(folder, workdir, arg, source):
     return _run(folder, workdir, arg, pretrained={"source": source, "dont_load": _dont_load(arg)})
 
@@ -65,7 +60,7 @@ def _array_bytes(step) -> int:
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
 
 
-def _full_fine_tuning_bytes(tmp_path, source) -> int:
+def _full_fine_tuning_bytes(tmp_path, source) -> tuple[int, int]:
     """Bytes of what a full fine-tuning run of Lite0 saves: every parameter, the statistics and
     a momentum for each parameter (stood in for by the parameters themselves, which compress as
     little as a trained momentum). `scripts/benchmark.py checkpoint` measures a real one."""
@@ -75,7 +70,8 @@ def _full_fine_tuning_bytes(tmp_path, source) -> int:
     saver = checkpoint.Checkpointer(tmp_path / "full", asynchronous=False)
     saver.save(4, state)
     saver.close()
-    return _bytes(tmp_path / "full" / "4"), _array_bytes(tmp_path / "full" / "4")
+    step = tmp_path / "full" / "4"
+    return tree_bytes(str(step)), _array_bytes(step)
 
 
 def test_probe_and_lora_checkpoints_hold_what_trains(folder, tmp_path, source):
@@ -86,24 +82,26 @@ def test_probe_and_lora_checkpoints_hold_what_trains(folder, tmp_path, source):
         workdir = tmp_path / arg
         _train(folder, workdir, arg, source)
         step = workdir / "checkpoints" / "4"
-        sizes[arg], arrays[arg] = _bytes(step), _array_bytes(step)
+        sizes[arg], arrays[arg] = tree_bytes(str(step)), _array_bytes(step)
         record = checkpoint.read_frozen_record(step)
+        leaves = frozen_leaves(record)
         whole = flatten(read_run(workdir))
         start = flatten(pretrained.load(source, model="efficientnet_lite0"))
-        assert record["source"] == source and len(record["leaves"]) > 100
+        assert record["source"] == source and len(leaves) > 100
         # what was left out reads back bit-identical to the source, the rest as trained
-        for path in record["leaves"]:
+        for path in leaves:
             np.testing.assert_array_equal(whole[path], start[path], err_msg=path)
-        assert record["sha256"] == fingerprint({p: start[p] for p in record["leaves"]})
+        assert record["sha256"] == fingerprint({p: start[p] for p in leaves})
         assert any(p.startswith("params/head/") for p in whole)
     full, full_arrays = _full_fine_tuning_bytes(tmp_path, source)
     print({arg: f"{n:,} bytes, {100 * n / full:.2f} % of {full:,}" for arg, n in sizes.items()})
     print({a: f"{n:,} array bytes, {100 * n / full_arrays:.2f} %" for a, n in arrays.items()})
     assert sizes[HEAD_ONLY] <= 0.02 * full
-    # LoRA's arrays are 1.4 % of full fine-tuning's; its files measured 1.5 to 2.3 % of the
-    # full checkpoint's over seven identical runs (`_array_bytes`), with ~140 KB of metadata
+    # here LoRA's arrays are 1.4 % of full fine-tuning's and its files 1.3 %, its optimizer state
+    # packed (`frozen.pack_arrays`; unpacked, the files measured 1.5 to 2.3 % with ~140 KB of
+    # metadata); `scripts/benchmark.py checkpoint` measures 1.8 % after 5 steps at 224 px
     assert arrays["strategy=lora"] <= 0.02 * full_arrays
-    assert sizes["strategy=lora"] <= 0.025 * full
+    assert sizes["strategy=lora"] <= 0.02 * full
 
 
 def test_a_changed_or_missing_source_is_an_error_naming_it(folder, tmp_path, source):

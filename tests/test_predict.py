@@ -21,6 +21,7 @@ from PIL import Image
 from jtransfer import data, predict, pretrained, tasks, train
 from jtransfer.policy import unflatten
 from jtransfer.predict import PredictError, Predictor
+from jtransfer.pretrained.frozen import frozen_leaves
 from jtransfer.pretrained.native import flatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,9 +88,8 @@ def _checkpoint_state(workdir) -> dict:
     source = flatten(pretrained.load(record["source"]))
     for collection in ("params", "batch_stats"):
         leaves = flatten(state[collection])
-        leaves.update(
-            {p.split("/", 1)[1]: source[p] for p in record["leaves"] if p.startswith(collection)}
-        )
+        frozen = [p for p in frozen_leaves(record) if p.startswith(collection)]
+        leaves.update({p.split("/", 1)[1]: source[p] for p in frozen})
         state[collection] = unflatten(leaves)
     return state
 

@@ -184,5 +184,53 @@ def test_fsdp_vit_b16_state_holds_an_eighth_per_device():
         assert used <= out["total"] / 8 + out["replicated"], (used, out)
 
 
+def packed_round_trip() -> dict:
+    """Arrays on 8 devices as a checkpoint saves an optimizer state (`frozen.pack_arrays`), saved,
+    restored into the packing of zeros of the same layout, and unpacked."""
+    import tempfile
+
+    from jax.sharding import NamedSharding
+
+    from jtransfer.checkpoint import Checkpointer
+    from jtransfer.pretrained.frozen import pack_arrays, unpack_arrays
+
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 8})
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rng = np.random.default_rng(0)
+    arrays = [
+        jax.device_put(rng.normal(size=(3, 5)).astype(np.float32), replicated),
+        jax.device_put(np.int32(7), replicated),
+        jax.device_put(
+            rng.normal(size=16).astype(np.float32), NamedSharding(mesh, PartitionSpec("fsdp"))
+        ),
+        jax.device_put(rng.normal(size=(1, 7)).astype(np.float32), replicated),
+        jax.device_put(rng.normal(size=300_000).astype(np.float32), replicated),  # over 1 MiB
+        jax.device_put(np.array([True, False]), replicated),
+    ]
+    like = [jnp.zeros_like(x) for x in arrays]
+    packed = pack_arrays(arrays)
+    with tempfile.TemporaryDirectory() as directory:
+        saver = Checkpointer(directory, asynchronous=False)
+        saver.save(1, packed)
+        back = unpack_arrays(saver.restore(1, pack_arrays(like)), like)
+        saver.close()
+    return {
+        "packed": {dtype: list(x.shape) for dtype, x in packed["packed"].items()},
+        "left": [str(x.dtype) for x in packed["arrays"]],
+        "shapes": [list(b.shape) == list(a.shape) for a, b in zip(arrays, back, strict=True)],
+        "equal": [bool(np.array_equal(a, b)) for a, b in zip(arrays, back, strict=True)],
+        "sharding": [a.sharding == b.sharding for a, b in zip(arrays, back, strict=True)],
+    }
+
+
+def test_a_checkpoint_packs_small_replicated_arrays_and_keeps_every_sharding():
+    out = _run_with_8_devices("packed_round_trip")
+    # the two small float32 arrays in one, the int32 alone; the sharded, the large and the
+    # boolean are saved as themselves
+    assert out["packed"] == {"float32": [22], "int32": [1]}
+    assert out["left"] == ["float32", "float32", "bool"]
+    assert all(out["shapes"]) and all(out["equal"]) and all(out["sharding"]), out
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))
