@@ -29,12 +29,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.task.score_threshold = 0.05  # detection: detections scoring lower are dropped before NMS
     c.task.max_detections = 100  # detection: kept per image after NMS
 
-    # The network: a jtransfer.models name plus its options (e.g. `dropout_rate`, `norm_eval` is
-    # set from `norm_eval` below); config files add the option fields they set. Parameter-
-    # efficient fine-tuning is model options too, since it adds parameters to the network (the
-    # lora / adapter / vpt presets set them; jtransfer/models/peft.py): `lora_rank` (0: none),
-    # `lora_scale` (s in W + s·A·B), `lora_targets` (regex over kernel paths), `adapter_dim`
-    # (0: none), and ViT's `prompts` (0: none) and `deep_prompts` (every block, or the first).
+    # The network: a jtransfer.models name plus its options (e.g. `dropout_rate`, `head_init`:
+    # 'zeros' or 'lecun_normal'; `norm_eval` is set from `norm_eval` below); config files add the
+    # option fields they set. Parameter-efficient fine-tuning is model options too, since it
+    # adds parameters to the network (the lora / adapter / vpt presets set them;
+    # jtransfer/models/peft.py): `lora_rank` (0: none), `lora_scale` (s in W + s·A·B),
+    # `lora_targets` (regex over kernel paths), `adapter_dim` (0: none), and ViT's `prompts`
+    # (0: none) and `deep_prompts` (every block, or the first).
     c.model = ml_collections.ConfigDict({"name": "efficientnet_lite0"})
     # Where the weights come from: a registered source name (`efficientnet_lite0/imagenet`), a
     # weights file, a run's workdir, or '' (train from scratch); `:subtree` loads a part.

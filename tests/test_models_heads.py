@@ -2,7 +2,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from jtransfer.errors import JTransferError
+from jtransfer.models import build_model
 from jtransfer.models.heads import ClassificationHead, ImageClassifier
 
 
@@ -49,3 +52,23 @@ def test_dropout_only_in_training():
     np.testing.assert_array_equal(evaluated, model.apply(variables, x, train=False))
     trained = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
     assert not np.allclose(trained, evaluated)
+
+
+def test_a_random_head_has_lecun_normal_variance_and_a_zero_bias():
+    x = jnp.ones((1, 224, 224, 3))
+    model = build_model("efficientnet_lite0", 50, head_init="lecun_normal")
+    kernels = []
+    for seed in (0, 1):
+        head = jax.jit(lambda r: model.init(r, x, train=False))(jax.random.key(seed))
+        head = head["params"]["head"]["dense"]
+        np.testing.assert_array_equal(head["bias"], 0)
+        kernels.append(np.asarray(head["kernel"]))
+    # fan-in 1280: std sqrt(1 / 1280) = 0.0280 (truncated normal), over 64,000 draws
+    assert kernels[0].shape == (1280, 50)
+    assert abs(kernels[0].std() - 1280**-0.5) < 0.001
+    assert not np.array_equal(kernels[0], kernels[1])  # the seed draws it
+
+
+def test_an_unknown_head_init_is_an_error_naming_it():
+    with pytest.raises(JTransferError, match=r"head_init='normal' .* valid: \['zeros', 'lecun"):
+        build_model("vit_ti16", 3, head_init="normal")

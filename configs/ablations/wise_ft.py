@@ -13,11 +13,10 @@ Head initialisation: jtransfer's new head starts at zero (kernel and bias), so t
 see the pretrained features unchanged and a uniform prediction; against it a random head
 (`model.head_init`), fully fine-tuned on 1, 5 and 10 examples per class of the ants-vs-bees
 photos (60 steps each), 3 seeds, where a random head's early gradients would disturb the
-features most. This part needs the model option `head_init`; without it the sweep holds only
-the WiSE-FT runs and says so in its findings.
+features most.
 """
 
-from jtransfer import config_files, models
+from jtransfer import config_files
 from jtransfer.errors import JTransferError
 
 common = config_files.beside(__file__, "common.py")
@@ -28,14 +27,6 @@ HEADS = {"zero": "zeros", "random": "lecun_normal"}  # the run's name -> model.h
 SHOTS = (1, 5, 10)
 HEAD_STEPS = 60  # the head runs' length, whatever the number of shots
 OWN = {"epochs": 10, "res": 112, "seeds": 3, "head": "zero"}
-
-
-def head_init_supported() -> bool:
-    try:
-        models.build_model("efficientnet_lite0", 2, head_init=HEADS["random"])
-    except JTransferError:
-        return False
-    return True
 
 
 def get_config(arg=None):
@@ -60,8 +51,6 @@ def get_sweep(arg=None):
     seeds = common.seeds(a)
     if a["quick"]:
         wise, heads, seeds = wise[:1], [h for h in heads if h["shots"] == 5], [0]
-    if not head_init_supported():
-        heads = []
     return [{**o, "seed": s} for o in wise + heads for s in seeds]
 
 
@@ -105,10 +94,6 @@ def get_findings(arg, table):
             + ", ".join(f"{a:g}: {v:.3f}" for a, v in curve.items())
         )
     heads = table.select(strategy="full")
-    if not heads:
-        out.append(
-            "head initialisation: not run, the model has no `head_init` option (zero heads only)"
-        )
     for k in dict.fromkeys(r["shots"] for r in heads):
         zero, rand = (table.mean("eval/accuracy", strategy="full", head=h, shots=k) for h in HEADS)
         out.append(f"{k}-shot: zero head {zero:.3f}, random head {rand:.3f}")

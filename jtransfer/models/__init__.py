@@ -36,13 +36,18 @@ def _backbone(backbone: type[nn.Module], variant: str, kwargs: dict) -> nn.Modul
 
 
 def _efficientnet_lite(
-    variant: str, num_classes: int, *, dropout_rate: float | None = None, **backbone_kwargs
+    variant: str,
+    num_classes: int,
+    *,
+    dropout_rate: float | None = None,
+    head_init: str = "zeros",
+    **backbone_kwargs,
 ) -> ImageClassifier:
     if dropout_rate is None:
         dropout_rate = efficientnet_lite_spec.variant(variant).dropout
     return ImageClassifier(
         backbone=_backbone(EfficientNetLite, variant, backbone_kwargs),
-        head=ClassificationHead(num_classes, dropout_rate),
+        head=ClassificationHead(num_classes, dropout_rate, head_init),
     )
 
 
@@ -52,11 +57,12 @@ def _classifier(
     num_classes: int,
     *,
     dropout_rate: float = 0.0,
+    head_init: str = "zeros",
     **backbone_kwargs,
 ) -> ImageClassifier:
     return ImageClassifier(
         backbone=_backbone(backbone, variant, backbone_kwargs),
-        head=ClassificationHead(num_classes, dropout_rate),
+        head=ClassificationHead(num_classes, dropout_rate, head_init),
     )
 
 
@@ -132,7 +138,7 @@ def lora_rank(name: str) -> int:
 
 
 def _check_kwargs(
-    name: str, kwargs: dict, own: frozenset[str] = frozenset({"dropout_rate"})
+    name: str, kwargs: dict, own: frozenset[str] = frozenset({"dropout_rate", "head_init"})
 ) -> None:
     allowed = own | set(peft.OPTIONS) | set(inspect.signature(BACKBONES[name]).parameters)
     allowed -= {"variant"}

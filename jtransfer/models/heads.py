@@ -3,6 +3,8 @@
 The head of a transfer run starts at zero (kernel and bias), so the first steps see exactly the
 pretrained features and a uniform prediction, and the parameter tree has the two fixed top
 level names `backbone` and `head` that parameter policies and grafting are written against.
+`head_init='lecun_normal'` starts the kernel random instead (flax's and Keras's default for a
+new dense layer), for the ablation that compares the two.
 
 Backbones return either a feature map (N, h, w, C), which is average-pooled here, or an already
 pooled (N, C) vector (ViT's class token), which passes through: pooling is the backbone's
@@ -15,6 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jtransfer.errors import JTransferError
+
+# `head_init` -> the initialiser of the head's kernel (its bias starts at zero either way)
+HEAD_INITS = {"zeros": nn.initializers.zeros, "lecun_normal": nn.initializers.lecun_normal()}
+
 
 def pool(features: jax.Array) -> jax.Array:
     """(N, C) float32 features: the spatial mean of an (N, h, w, C) map, or (N, C) as it is."""
@@ -23,17 +30,26 @@ def pool(features: jax.Array) -> jax.Array:
 
 
 class ClassificationHead(nn.Module):
-    """Global average pool (of a map) -> dropout -> zero-initialised `dense` layer."""
+    """Global average pool (of a map) -> dropout -> `dense` layer, initialised by `head_init`
+    (a key of `HEAD_INITS`)."""
 
     num_classes: int
     dropout_rate: float = 0.0
+    head_init: str = "zeros"
+
+    def __post_init__(self):
+        if self.head_init not in HEAD_INITS:
+            raise JTransferError(
+                f"head_init={self.head_init!r} is not a head initialiser; valid: {list(HEAD_INITS)}"
+            )
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
         x = nn.Dropout(self.dropout_rate)(pool(features), deterministic=not train)
         return nn.Dense(
             self.num_classes,
-            kernel_init=nn.initializers.zeros,
+            kernel_init=HEAD_INITS[self.head_init],
             bias_init=nn.initializers.zeros,
             name="dense",
         )(x)
