@@ -77,7 +77,7 @@ from PIL import Image
 from jtransfer import checkpoint, config_files, cost, graft, presets, sharding, tasks
 from jtransfer import files as jtransfer_files
 from jtransfer.epochs import Epochs
-from jtransfer.models import build_model, efficientnet_lite_spec
+from jtransfer.models import build_model, efficientnet_lite_spec, lora_rank
 from jtransfer.phase import build_phase
 from jtransfer.policy import NormEval, Policy
 from jtransfer.train import frozen_part, initializer
@@ -243,7 +243,7 @@ def _freeze_strategies(model_name: str) -> dict[str, dict]:
         },
         "gradual, phase 1 (head+top)": {"policy": top, "step": 1},
         "bitfit": {"policy": presets.bitfit(model_name)},
-        "lora rank=8": _peft_fields("lora", model_name, {"rank": 8}),
+        f"lora rank={lora_rank(model_name)}": _peft_fields("lora", model_name, {"rank": None}),
         "adapter bottleneck=16": _peft_fields("adapter", model_name, {"bottleneck": 16}),
         "llrd 0.75": {"policy": presets.layerwise_lr_decay(model_name, 0.75)},
         "l2sp": {"policy": full, "decay_toward": "start"},
