@@ -68,6 +68,10 @@ class ResumeConfigError(JTransferError):
     """The workdir holds a checkpoint of a run with a different config."""
 
 
+class CheckpointLayoutError(JTransferError):
+    """A checkpoint does not fit the state it is restored into."""
+
+
 def check_resume_config(saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Raises `ResumeConfigError` naming the fields (dotted) in which `new` differs from
     `saved`, both as JSON-like dicts (`json.loads(config.to_json())`)."""
@@ -194,7 +198,15 @@ class Checkpointer:
         """Restore `step` into the structure, shapes and shardings of `like`."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(abstract)})
-        return self._manager.restore(step, args=args)[ITEM]
+        try:
+            return self._manager.restore(step, args=args)[ITEM]
+        except ValueError as e:  # orbax's word for another tree structure or another shape
+            why = str(e).strip().splitlines()[0].rstrip(":.")
+            raise CheckpointLayoutError(
+                f"the checkpoint at step {step} in {self._manager.directory} does not fit this "
+                f"run's state ({why}): it was written by another version of jtransfer; resume "
+                "it with that version, or use another workdir"
+            ) from None
 
     def frozen_record(self, step: int) -> dict[str, Any] | None:
         """The record of the leaves the save of `step` left out (None: it holds them all)."""

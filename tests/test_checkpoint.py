@@ -15,6 +15,7 @@ import sys
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -89,6 +90,17 @@ def _assert_equal(restored, expected) -> None:
     for (path, a), (_, b) in zip(flat_r, flat_e, strict=True):
         a = np.asarray(a)
         assert a.dtype == b.dtype and np.array_equal(a, b), path
+
+
+def test_a_checkpoint_of_another_layout_is_an_error_naming_it(tmp_path):
+    saver = Checkpointer(str(tmp_path), asynchronous=False)
+    saver.save(3, {"step": jnp.int32(3), "opt_state": [jnp.ones(3)]})
+    packed = {"step": jnp.int32(0), "opt_state": {"packed": {"float32": jnp.zeros(3)}}}
+    with pytest.raises(checkpoint.CheckpointLayoutError, match=r"step 3 in .* do not match\)"):
+        saver.restore(3, packed)
+    with pytest.raises(checkpoint.CheckpointLayoutError, match=r"shape: \(4,\) is not compat"):
+        saver.restore(3, {"step": jnp.int32(0), "opt_state": [jnp.ones(4)]})
+    saver.close()
 
 
 def test_mounts_that_cannot_rename_a_directory_atomically_commit_by_file(tmp_path):
