@@ -3,8 +3,8 @@
 The head of a transfer run starts at zero (kernel and bias), so the first steps see exactly the
 pretrained features and a uniform prediction, and the parameter tree has the two fixed top
 level names `backbone` and `head` that parameter policies and grafting are written against.
-`head_init='lecun_normal'` starts the kernel random instead (flax's and Keras's default for a
-new dense layer), for the ablation that compares the two.
+`head_init='lecun_normal'` starts the kernel random instead (flax's default for a new dense
+layer), for the ablation that compares the two.
 
 Backbones return either a feature map (N, h, w, C), which is average-pooled here, or an already
 pooled (N, C) vector (ViT's class token), which passes through: pooling is the backbone's
