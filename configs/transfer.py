@@ -13,6 +13,10 @@ Arguments (`:key=value,...`):
   res       input resolution (default: the weights' native one, e.g. 224; 240 for lite1)
   epochs, batch, lr   training length, global batch size, peak learning rate
   fewshot   shots of the few-shot ridge evaluator run beside accuracy, e.g. [1,5,10]; []: off
+  bn        the pretrained backbone's BatchNorm layers while it fine-tunes: `frozen` (default:
+            inference mode, running statistics kept, as Keras advises; scales and biases train
+            with their subtree) or `train` (batch statistics, running averages updated); a run
+            from scratch always trains them
   and each strategy's knob: stages, unfreeze (epochs), lp_epochs, llrd, l2sp, ema, alphas,
   rank, bottleneck, prompts
 
@@ -74,6 +78,7 @@ DEFAULTS = {
     "batch": 32,
     "lr": None,  # None: 0.1 for the probes, 0.01 otherwise
     "fewshot": [],  # shots of the few-shot evaluator, e.g. [1, 5, 10]; []: none
+    "bn": "frozen",  # the backbone's BatchNorm while it fine-tunes: presets.BN_MODES
     **presets.STRATEGY_KNOBS,
 }
 STRATEGIES = tuple(s for s in presets.STRATEGIES if s != "frozen_backbone")
@@ -84,6 +89,7 @@ def get_config(arg=None):
     a = config_args.parse(arg, DEFAULTS)
     strategy, model = a["strategy"], a["model"]
     config_args.choice("strategy", strategy, STRATEGIES)
+    config_args.choice("bn", a["bn"], list(presets.BN_MODES))
     source = pretrained.SOURCES.get(f"{model}/imagenet")  # None: an error when it is loaded
     if a["res"] is None:
         a["res"] = source.resolution if source is not None else 224
@@ -108,6 +114,8 @@ def get_config(arg=None):
     c.pp_eval = f"decode|resize_small({resize})|central_crop({res})|{norm}"
 
     presets.apply_strategy(c, strategy, a)
+    if a["bn"] == "frozen":
+        presets.hold_backbone_batch_norm(c, strategy)
 
     c.batch_size = int(a["batch"])
     c.num_epochs = float(a["epochs"])

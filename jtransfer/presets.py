@@ -247,9 +247,23 @@ def apply_strategy(config, strategy: str, knobs: Mapping[str, Any], *, neck: boo
         config.wise_ft_alphas = tuple(knobs["alphas"])
 
 
-def hold_batch_norm_at_small_batches(config, batch_size: int, strategy: str) -> None:
-    """Every backbone BatchNorm layer in inference mode below a global batch of 16, as
-    MMDetection and MMSegmentation do (`norm_eval=True`): batch statistics of a few images are
-    noise. Not from scratch, where the running statistics are those of no data."""
-    if batch_size < 16 and strategy != "scratch" and models.has_batch_norm(config.model.name):
+# What a pretrained backbone's BatchNorm layers do as it fine-tunes (transfer.py's `bn`).
+BN_MODES = {
+    "frozen": "inference mode: the running statistics normalise and are kept",
+    "train": "batch statistics normalise, and the running statistics follow them",
+}
+
+
+def hold_backbone_batch_norm(config, strategy: str) -> None:
+    """Every backbone BatchNorm layer in inference mode for the whole run (Keras's advice for
+    fine-tuning, MMDetection's `norm_eval=True`), whatever the strategy holds on its own. Not
+    from scratch, where the running statistics are those of no data."""
+    if strategy != "scratch" and models.has_batch_norm(config.model.name):
         config.norm_eval = ["backbone/.*"]
+
+
+def hold_batch_norm_at_small_batches(config, batch_size: int, strategy: str) -> None:
+    """`hold_backbone_batch_norm` below a global batch of 16, as MMDetection and MMSegmentation
+    do: batch statistics of a few images are noise."""
+    if batch_size < 16:
+        hold_backbone_batch_norm(config, strategy)

@@ -1,13 +1,19 @@
-"""Learning rate x strategy, with and without the gradient clipping of the defaults.
+"""Learning rate x strategy, with and without the defaults' gradient clipping and BatchNorm.
 
     python -m jtransfer.sweep --config=configs/ablations/lr.py --workdir=ABL/lr
 
 The linear probe and full fine-tuning of configs/transfer.py on every dataset, at learning rates
 around each one's default (0.1 for the probe, 0.01 for fine-tuning; SGD with momentum 0.9, a
 warm-up of 10 steps, cosine decay), each with the defaults' global-norm clipping at 1 and
-without it, 5 epochs at 112 px (the digits at 64). The findings say, per dataset and strategy,
-where the default sits on its curve: the best learning rate, and the default's distance from
-it, which is within noise when it is under max(2 std over seeds, 1 point).
+without it, 5 epochs at 112 px (the digits at 64). Fine-tuning runs with the backbone's
+BatchNorm in both modes (`bn`: the default `frozen`, running statistics kept, and `train`,
+batch statistics); a probe's backbone is frozen, BatchNorm with it.
+
+The findings say, per dataset and strategy, where the default sits on its curve: the best
+setting, and the default's distance from it, which is within noise when it is under twice the
+standard deviation over seeds or one standard error of the best's accuracy on the eval set,
+sqrt(p (1 - p) / n): a gap smaller than that is a handful of eval images, which one seed's
+test set cannot tell apart.
 """
 
 import math
@@ -23,6 +29,7 @@ LRS = {  # around each default, about 3x apart
 }
 DEFAULT_LR = {"linear_probe": 0.1, "full": 0.01}  # configs/transfer.py's
 CLIPS = (1.0, 0.0)  # the defaults' clipping, and none
+BNS = {"linear_probe": ("frozen",), "full": ("frozen", "train")}  # the default first
 OWN = {"epochs": 5, "res": 112}
 
 
@@ -38,9 +45,10 @@ def get_sweep(arg=None):
             for s in (0, 1)
         ]
     return [
-        {"data": d, "strategy": s, "lr": lr, "clip": clip, "seed": seed}
+        {"data": d, "strategy": s, "bn": bn, "lr": lr, "clip": clip, "seed": seed}
         for d in DATA
         for s, lrs in LRS.items()
+        for bn in BNS[s]
         for lr in lrs
         for clip in CLIPS
         for seed in common.seeds(a)
@@ -50,19 +58,27 @@ def get_sweep(arg=None):
 def get_plots(arg=None):
     return [
         {
-            "file": f"accuracy_vs_lr_{s}.png",
+            "file": f"accuracy_vs_lr_{s}" + ("" if len(BNS[s]) == 1 else f"_bn_{bn}") + ".png",
             "x": "lr",
             "y": "eval/accuracy",
             "series": "clip",
             "panels": "data",
-            "where": {"strategy": s},
+            "where": {"strategy": s, "bn": bn},
             "xlog": True,
             "xlabel": f"peak learning rate (default {DEFAULT_LR[s]:g})",
             "ylabel": "accuracy",
-            "title": f"{s}: accuracy against learning rate (series: clip norm; 0 = off)",
+            "title": f"{s}, BatchNorm {bn}: accuracy against learning rate (series: clip; 0 = off)",
         }
         for s in LRS
+        for bn in BNS[s]
     ]
+
+
+def noise(row) -> float:
+    """Twice the spread over seeds, or the eval set's standard error at the row's accuracy."""
+    p, std = row["eval/accuracy"]
+    n = row["eval/count"][0]
+    return max(2 * (std or 0.0), math.sqrt(p * (1 - p) / n))
 
 
 def get_findings(arg, table):
@@ -70,20 +86,18 @@ def get_findings(arg, table):
     for data in dict.fromkeys(r["data"] for r in table.rows):
         for strategy in LRS:
             rows = table.select(data=data, strategy=strategy)
-            if not rows:
+            where = {"lr": DEFAULT_LR[strategy], "clip": 1.0, "bn": BNS[strategy][0]}
+            default = table.select(data=data, strategy=strategy, **where)
+            if not rows or len(default) != 1:
                 continue
             best = max(rows, key=lambda r: r["eval/accuracy"][0])
-            default = table.mean(
-                "eval/accuracy", data=data, strategy=strategy, lr=DEFAULT_LR[strategy], clip=1.0
-            )
-            if math.isnan(default):
-                continue
-            gap = best["eval/accuracy"][0] - default
-            noise = max(2 * (best["eval/accuracy"][1] or 0.0), 0.01)
+            gap = best["eval/accuracy"][0] - default[0]["eval/accuracy"][0]
+            within = gap <= noise(best)
             out.append(
-                f"{data}, {strategy}: best lr {best['lr']:g} with clip {best['clip']:g} "
-                f"({best['eval/accuracy'][0]:.3f}); the default (lr {DEFAULT_LR[strategy]:g}, "
-                f"clip 1) {default:.3f}, {100 * gap:.1f} points below: "
-                + ("within noise" if gap <= noise else "NOT within noise")
+                f"{data}, {strategy}: best lr {best['lr']:g}, clip {best['clip']:g}, "
+                f"BatchNorm {best.get('bn')} ({best['eval/accuracy'][0]:.3f}); the default "
+                f"(lr {where['lr']:g}, clip 1, BatchNorm {where['bn']}) "
+                f"{default[0]['eval/accuracy'][0]:.3f}, {100 * gap:.1f} points below, noise "
+                f"{100 * noise(best):.1f}: " + ("within noise" if within else "NOT within noise")
             )
     return out
