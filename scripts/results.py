@@ -7,7 +7,13 @@ the results are collected again from its run directories (`jtransfer.sweep_colle
 of mean ± std over seeds, the findings computed from it, the plots), the plots are copied to
 docs/results/<ablation>/ and the section is written with the exact command that made it. An
 ablation not run yet is listed with the command that would run it. A section made by a
-`--quick` sweep says so: those check the pipeline, not the figures.
+`--quick` sweep says so: those check the pipeline, not the figures. Each section says when its
+runs finished.
+
+    python scripts/results.py --root=ABL --ablations lr strategy
+
+writes only the named sections again and keeps the others as RESULTS.md holds them: a sweep
+rerun after a change of the defaults replaces its own section without the other sweeps' runs.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 
 import jax
 
-from jtransfer import sweep, sweep_collect
+from jtransfer import console, sweep, sweep_collect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,27 +49,66 @@ def section(name: str, root: str, docs: str) -> str:
         return f"## {name}\n\nNot run yet: `{command}`"
     planned = sweep.from_manifest(workdir)
     report = sweep_collect.collect(planned)
+    results = [os.path.join(planned.run_dir(r), "final_eval.json") for r in planned.runs]
+    days = sorted(
+        {
+            time.strftime("%Y-%m-%d", time.gmtime(os.path.getmtime(p)))
+            for p in results
+            if os.path.exists(p)
+        }
+    )
     images = os.path.join(docs, "results", name)
     os.makedirs(images, exist_ok=True)
     for plot in report.plots:
         shutil.copy(os.path.join(workdir, plot), os.path.join(images, plot))
-    return sweep_collect.markdown(planned, report, image_dir=f"results/{name}")
+    text = sweep_collect.markdown(planned, report, image_dir=f"results/{name}")
+    if days:
+        title, rest = text.split("\n", 1)
+        when = " to ".join(dict.fromkeys((days[0], days[-1])))
+        text = f"{title}\n\nRuns finished {when}.\n{rest}"
+    return text
+
+
+def kept_sections(path: str) -> list[str]:
+    """The ablations' sections of the RESULTS.md at `path`, in `ABLATIONS` order."""
+    if not os.path.exists(path):
+        console.usage_error(f"{path} does not exist; write every section (no --ablations)")
+    with open(path) as f:
+        sections = f.read().split("\n## ")[1:]
+    if len(sections) != len(ABLATIONS):
+        console.usage_error(
+            f"{path} has {len(sections)} sections, not one per ablation ({len(ABLATIONS)}); "
+            "write every section (no --ablations)"
+        )
+    return ["## " + s for s in sections]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="directory holding one sweep per ablation")
     parser.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where RESULTS.md goes")
+    parser.add_argument(
+        "--ablations",
+        nargs="+",
+        choices=ABLATIONS,
+        default=ABLATIONS,
+        help="the sections to write; the others are kept from the existing RESULTS.md",
+    )
     args = parser.parse_args()
+    path = os.path.join(args.docs, "RESULTS.md")
+    kept = kept_sections(path) if set(args.ablations) != set(ABLATIONS) else []
     machine = (
         f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}, "
         f"jax {jax.__version__}"
     )
     parts = [
         HEADER.format(root=args.root, date=time.strftime("%Y-%m-%d"), machine=machine),
-        *(section(name, args.root, args.docs) for name in ABLATIONS),
+        *(
+            section(name, args.root, args.docs) if name in args.ablations else kept[i]
+            for i, name in enumerate(ABLATIONS)
+        ),
     ]
-    path = os.path.join(args.docs, "RESULTS.md")
+    os.makedirs(args.docs, exist_ok=True)
     with open(path, "w") as f:
         f.write("\n\n".join(p.strip() for p in parts) + "\n")
     print(f"wrote {path}")

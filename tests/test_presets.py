@@ -1,7 +1,10 @@
+import os
+
 import pytest
 
-from jtransfer import base_config
+from jtransfer import base_config, config_files
 from jtransfer.epochs import Epochs
+from jtransfer.errors import JTransferError
 from jtransfer.policy import Policy
 from jtransfer.presets import (
     STRATEGY_KNOBS,
@@ -119,3 +122,20 @@ def test_the_cached_probe_checkpoints_at_its_end_and_on_preemption_only():
     assert config.cache_features and config.checkpoint_every == 0
     apply_strategy(config, "linear_probe", STRATEGY_KNOBS)
     assert not config.cache_features and config.checkpoint_every == 0  # left as it was set
+
+
+def test_fine_tuning_holds_the_backbone_batch_norm_unless_told_to_train_it():
+    """configs/transfer.py's `bn`: frozen by default whatever the strategy holds on its own,
+    the strategy's own BatchNorm policy with bn=train; never from scratch or without BatchNorm."""
+    transfer = config_files.load(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "transfer.py")
+    )
+    for strategy in ("full", "gradual", "lp_ft", "llrd", "frozen_stages"):
+        assert list(transfer.get_config(f"strategy={strategy}").norm_eval) == ["backbone/.*"]
+    assert list(transfer.get_config("strategy=full,bn=train").norm_eval) == []
+    gradual = transfer.get_config("strategy=gradual,bn=train,epochs=10").norm_eval
+    assert gradual[0] == ("backbone/top(/.*)?", {"until_epoch": 1})
+    assert list(transfer.get_config("strategy=scratch").norm_eval) == []
+    assert list(transfer.get_config("strategy=full,model=vit_ti16").norm_eval) == []
+    with pytest.raises(JTransferError, match="bn='fozen' is not one of.*did you mean 'frozen'"):
+        transfer.get_config("bn=fozen")

@@ -5,8 +5,10 @@ bad input as one line before anything runs."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -309,6 +311,36 @@ def test_results_script_writes_every_section_from_the_sweeps(tmp_path, folder):
     for name in ("freeze", "strategy", "similarity", "models", "lr", "wise_ft"):
         command = f"python -m jtransfer.sweep --config=configs/ablations/{name}.py"
         assert f"## {name}\n\nNot run yet: `{command}" in text
+
+
+def test_results_script_rewrites_only_the_named_sections(tmp_path, folder):
+    root, docs = tmp_path / "ablations", tmp_path / "docs"
+    cmd = [sys.executable, "scripts/results.py", f"--root={root}", f"--docs={docs}"]
+    out = subprocess.run([*cmd, "--ablations", "lr"], cwd=ROOT, env=env(), capture_output=True)
+    assert out.returncode == 2 and out.stderr.decode().count("\n") == 1, out.stderr
+    assert b"RESULTS.md does not exist" in out.stderr and not docs.exists()
+
+    for name in ("data", "lr"):
+        planned = sweep.plan(write_config(tmp_path, folder, [{"seed": 0}]), root / name)
+        sweep.write_manifest(planned, quick=False)
+        _fake_run(planned, planned.runs[0], 0.25, rates=[1.0], compile_seconds=[1.0])
+    assert subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True).returncode == 0
+    before = (docs / "RESULTS.md").read_text()
+    shutil.rmtree(root / "data")  # its section stays as it was
+    shutil.rmtree(root / "lr")  # rerun, with another result
+    planned = sweep.plan(write_config(tmp_path, folder, [{"seed": 0}]), root / "lr")
+    sweep.write_manifest(planned, quick=False)
+    _fake_run(planned, planned.runs[0], 0.5, rates=[1.0], compile_seconds=[1.0])
+    out = subprocess.run([*cmd, "--ablations", "lr"], cwd=ROOT, env=env(), capture_output=True)
+    assert out.returncode == 0, out.stderr
+    after = (docs / "RESULTS.md").read_text()
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f"Runs finished {day}.\n" in after and "| 1 | 0.500 |" in after
+    assert before.count("| 1 | 0.250 |") == 2 and after.count("| 1 | 0.250 |") == 1
+    old, new = before.split("\n## "), after.split("\n## ")
+    assert len(old) == len(new) == 8
+    changed = [i for i in range(1, 8) if old[i] != new[i]]
+    assert changed == [6]  # lr, the sixth ablation, and nothing else
 
 
 def test_slurm_parameters_submitit_does_not_know_are_refused_before_submitting(tmp_path, folder):
