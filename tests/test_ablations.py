@@ -16,7 +16,7 @@ import pytest
 from cli import ROOT, env
 from shared_data import shared_data
 
-from jtransfer import config_files, data, sweep
+from jtransfer import config_files, data, sweep, sweep_collect
 from jtransfer.data import sampling
 
 ABLATIONS = ("freeze", "strategy", "data", "similarity", "models", "lr", "wise_ft")
@@ -82,3 +82,31 @@ def test_dataset_table_matches_the_data(tmp_path):
         labels = sampling.split_labels(source, c.data.train_split)
         assert tuple(np.bincount(labels)) == dataset["train_per_class"], name
         source.check_split(c.data.eval_split)
+
+
+def test_lr_findings_judge_the_default_against_seeds_and_the_eval_sets_standard_error():
+    lr = config_files.load(os.path.join(ROOT, "configs", "ablations", "lr.py"))
+
+    def row(data, bn, rate, accuracy, std=None, count=298):
+        return {
+            **{"data": data, "strategy": "full", "bn": bn, "lr": rate, "clip": 1.0, "n": 1},
+            **{"eval/accuracy": (accuracy, std), "eval/count": (count, None)},
+        }
+
+    table = sweep_collect.Table(
+        ["data", "strategy", "bn", "lr", "clip"],
+        ["eval/accuracy", "eval/count"],
+        [
+            row("pets3", "frozen", 0.01, 0.936),  # the default
+            row("pets3", "train", 0.01, 0.949),  # 1.3 points above; SE at 0.949 of 298: 1.27
+            row("bees", "frozen", 0.01, 0.90),
+            row("bees", "train", 0.1, 0.95, std=0.03),  # 2 std = 6 points
+            row("digits", "frozen", 0.01, 0.95, count=360),
+            row("digits", "train", 0.1, 0.96, count=360),  # SE 1.03 points
+        ],
+    )
+    findings = {f.split(",")[0]: f for f in lr.get_findings(None, table)}
+    assert findings["pets3"].endswith("1.3 points below, noise 1.3: NOT within noise")
+    assert findings["bees"].endswith("5.0 points below, noise 6.0: within noise")
+    assert findings["digits"].endswith("1.0 points below, noise 1.0: within noise")
+    assert "best lr 0.1, clip 1, BatchNorm train (0.960)" in findings["digits"]

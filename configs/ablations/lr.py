@@ -43,7 +43,14 @@ def get_sweep(arg=None):
     a = common.parse(arg, OWN)
     if a["quick"]:
         return [  # one learning rate, two seeds: a learning rate is compiled into the step
-            {"data": "pets3", "strategy": "full", "lr": 0.01, "clip": 1.0, "seed": s}
+            {
+                "data": "pets3",
+                "strategy": "full",
+                "bn": "frozen",
+                "lr": 0.01,
+                "clip": 1.0,
+                "seed": s,
+            }
             for s in (0, 1)
         ]
     return [
