@@ -93,20 +93,24 @@ def test_lr_findings_judge_the_default_against_seeds_and_the_eval_sets_standard_
             **{"eval/accuracy": (accuracy, std), "eval/count": (count, None)},
         }
 
-    table = sweep_collect.Table(
-        ["data", "strategy", "bn", "lr", "clip"],
-        ["eval/accuracy", "eval/count"],
-        [
-            row("pets3", "frozen", 0.01, 0.936),  # the default
-            row("pets3", "train", 0.01, 0.949),  # 1.3 points above; SE at 0.949 of 298: 1.27
-            row("bees", "frozen", 0.01, 0.90),
-            row("bees", "train", 0.1, 0.95, std=0.03),  # 2 std = 6 points
-            row("digits", "frozen", 0.01, 0.95, count=360),
-            row("digits", "train", 0.1, 0.96, count=360),  # SE 1.03 points
-        ],
+    def findings(*rows):
+        table = sweep_collect.Table(
+            ["data", "strategy", "bn", "lr", "clip"], ["eval/accuracy", "eval/count"], list(rows)
+        )
+        return {f.split(",")[0]: f for f in lr.get_findings(None, table)}
+
+    # 2 sqrt((.949 .051 + .936 .064) / 298) = 3.8 points; 2 sqrt((.95 .05 + .9 .1) / 298) = 4.3
+    found = findings(
+        row("pets3", "frozen", 0.01, 0.936),  # the default
+        row("pets3", "train", 0.01, 0.949),
+        row("bees", "frozen", 0.01, 0.90),
+        row("bees", "train", 0.1, 0.95, std=0.05),  # twice the seeds' std: 10 points
+        row("digits", "frozen", 0.01, 0.525, count=360),
+        row("digits", "train", 0.1, 0.958, count=360),
     )
-    findings = {f.split(",")[0]: f for f in lr.get_findings(None, table)}
-    assert findings["pets3"].endswith("1.3 points below, noise 1.3: NOT within noise")
-    assert findings["bees"].endswith("5.0 points below, noise 6.0: within noise")
-    assert findings["digits"].endswith("1.0 points below, noise 1.0: within noise")
-    assert "best lr 0.1, clip 1, BatchNorm train (0.960)" in findings["digits"]
+    assert found["pets3"].endswith("1.3 points below (4 of 298 images), noise 3.8: within noise")
+    assert found["bees"].endswith("5.0 points below (15 of 298 images), noise 10.0: within noise")
+    assert found["digits"].endswith("(156 of 360 images), noise 5.7: NOT within noise")
+    assert "best lr 0.1, clip 1, BatchNorm train (0.958)" in found["digits"]
+    one_seed = findings(row("bees", "frozen", 0.01, 0.90), row("bees", "train", 0.1, 0.95))
+    assert one_seed["bees"].endswith("noise 4.3: NOT within noise")

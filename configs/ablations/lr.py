@@ -12,9 +12,10 @@ with the rest of its backbone.
 
 The findings say, per dataset and strategy, where the default sits on its curve: the best
 setting, and the default's distance from it, which is within noise when it is under twice the
-standard deviation over seeds or one standard error of the best's accuracy on the eval set,
-sqrt(p (1 - p) / n): a gap smaller than that is a handful of eval images, which one seed's
-test set cannot tell apart.
+best's standard deviation over seeds, or under two standard errors of the difference between
+two accuracies on the same n eval images, 2 sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n) (a
+two-proportion z-test at about 95 %): with one seed, the eval set's sampling is the noise that
+can be measured, and a smaller gap is a few images that this eval set cannot tell apart.
 """
 
 import math
@@ -83,11 +84,12 @@ def get_plots(arg=None):
     ]
 
 
-def noise(row) -> float:
-    """Twice the spread over seeds, or the eval set's standard error at the row's accuracy."""
-    p, std = row["eval/accuracy"]
-    n = row["eval/count"][0]
-    return max(2 * (std or 0.0), math.sqrt(p * (1 - p) / n))
+def noise(best, default) -> float:
+    """Twice the best's spread over seeds, or two standard errors of the two accuracies'
+    difference on the eval set."""
+    (p1, std), (p2, _) = best["eval/accuracy"], default["eval/accuracy"]
+    n = best["eval/count"][0]
+    return max(2 * (std or 0.0), 2 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n))
 
 
 def get_findings(arg, table):
@@ -101,12 +103,14 @@ def get_findings(arg, table):
                 continue
             best = max(rows, key=lambda r: r["eval/accuracy"][0])
             gap = best["eval/accuracy"][0] - default[0]["eval/accuracy"][0]
-            within = gap <= noise(best)
+            margin = noise(best, default[0])
             out.append(
                 f"{data}, {strategy}: best lr {best['lr']:g}, clip {best['clip']:g}, "
                 f"BatchNorm {best.get('bn')} ({best['eval/accuracy'][0]:.3f}); the default "
                 f"(lr {where['lr']:g}, clip 1, BatchNorm {where['bn']}) "
-                f"{default[0]['eval/accuracy'][0]:.3f}, {100 * gap:.1f} points below, noise "
-                f"{100 * noise(best):.1f}: " + ("within noise" if within else "NOT within noise")
+                f"{default[0]['eval/accuracy'][0]:.3f}, {100 * gap:.1f} points below "
+                f"({gap * best['eval/count'][0]:.0f} of {best['eval/count'][0]:.0f} images), "
+                f"noise {100 * margin:.1f}: "
+                + ("within noise" if gap <= margin else "NOT within noise")
             )
     return out
