@@ -42,7 +42,10 @@ def _flat(tree: dict) -> dict[str, np.ndarray]:
 def workdir(tmp_path_factory) -> Path:
     folder = dark_and_light(tmp_path_factory.mktemp("images"))
     workdir = tmp_path_factory.mktemp("run")
-    config = f"configs/transfer.py:data={folder},strategy=frozen_stages,stages=6,res=32,batch=4"
+    # bn=train: the top stages' BatchNorm statistics move too, and WiSE-FT's ends must hold them
+    config = (
+        f"configs/transfer.py:data={folder},strategy=frozen_stages,stages=6,res=32,batch=4,bn=train"
+    )
     out = run(
         command(
             workdir,

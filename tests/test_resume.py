@@ -34,8 +34,11 @@ def folder(tmp_path_factory) -> str:
 
 
 def _command(folder, workdir, *overrides):
-    # 4 steps per epoch: unfreeze=[3] starts phase 1 at step 12.
-    config = f"configs/transfer.py:data={folder},strategy=gradual,unfreeze=[3],res=32,batch=4"
+    # 4 steps per epoch: unfreeze=[3] starts phase 1 at step 12, where the top's BatchNorm
+    # starts training too (bn=train).
+    config = (
+        f"configs/transfer.py:data={folder},strategy=gradual,unfreeze=[3],res=32,batch=4,bn=train"
+    )
     return command(
         workdir,
         None,

@@ -89,13 +89,16 @@ def _check_invariants(config, workdir, step):
     return frozen, trained
 
 
+# The phased strategies train BatchNorm (bn=train), so their statistics change mode at the
+# boundary; by default (bn=frozen) every backbone statistic is held, which `full` checks.
 STRATEGIES = {
     "full": "strategy=full",
+    "full_bn_train": "strategy=full,bn=train",
     "linear_probe": "strategy=linear_probe",
     "cached_probe": "strategy=cached_probe",
     "frozen_stages": "strategy=frozen_stages,stages=2",
-    "gradual": "strategy=gradual,unfreeze=[1]",
-    "lp_ft": "strategy=lp_ft,lp_epochs=1",
+    "gradual": "strategy=gradual,unfreeze=[1],bn=train",
+    "lp_ft": "strategy=lp_ft,lp_epochs=1,bn=train",
     "llrd": "strategy=llrd",
     "l2sp": "strategy=l2sp",
     "bitfit": "strategy=bitfit",
