@@ -90,7 +90,7 @@ def get_config(arg=None):
     a = config_args.parse(arg, DEFAULTS)
     strategy, model = a["strategy"], a["model"]
     config_args.choice("strategy", strategy, STRATEGIES)
-    config_args.choice("bn", a["bn"], list(presets.BN_MODES))
+    config_args.choice("bn", a["bn"], presets.BN_MODES)
     source = pretrained.SOURCES.get(f"{model}/imagenet")  # None: an error when it is loaded
     if a["res"] is None:
         a["res"] = source.resolution if source is not None else 224

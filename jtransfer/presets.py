@@ -247,11 +247,9 @@ def apply_strategy(config, strategy: str, knobs: Mapping[str, Any], *, neck: boo
         config.wise_ft_alphas = tuple(knobs["alphas"])
 
 
-# What a pretrained backbone's BatchNorm layers do as it fine-tunes (transfer.py's `bn`).
-BN_MODES = {
-    "frozen": "inference mode: the running statistics normalise and are kept",
-    "train": "batch statistics normalise, and the running statistics follow them",
-}
+# What a pretrained backbone's BatchNorm layers do as it fine-tunes (transfer.py's `bn`):
+# inference mode with the running statistics kept, or batch statistics that the running follow.
+BN_MODES = ("frozen", "train")
 
 
 def hold_backbone_batch_norm(config, strategy: str) -> None:
