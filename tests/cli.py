@@ -30,7 +30,9 @@ def command(workdir, data_dir, *overrides, config="configs/quickstart.py") -> li
 
 def env(devices: int = 1) -> dict[str, str]:
     out = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # the session's flags (tests/conftest.py), with this run's device count last, which wins
+    flags = os.environ.get("XLA_FLAGS", "")
+    out["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     return out
 
 

@@ -39,7 +39,7 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
     a = common.parse(arg, OWN)
-    if a["quick"]:  # two seeds and one more setting; full and scratch compile the same step
+    if a["quick"]:  # two seeds and one more setting
         return [{"strategy": "full", "seed": s} for s in (0, 1)] + [
             {"strategy": "scratch", "seed": 0}
         ]
