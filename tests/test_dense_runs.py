@@ -43,14 +43,14 @@ def _final(workdir) -> dict:
 def test_segmentation_with_frozen_stages_on_one_and_eight_devices(tmp_path):
     """Frozen stages and held statistics stay bit-identical, the rest trains, every test image
     is evaluated, and eight devices give the losses of one."""
-    per_run = {}
+    per_run, arg = {}, ",strategy=frozen_stages,stages=3"
     for devices in (1, 8):
         workdir = tmp_path / str(devices)
-        arg = ",strategy=frozen_stages,stages=3"
         only_losses = [] if devices == 1 else ["--config.data.eval_split=test[:8]"]
         cmd = _segmentation(workdir, "--config.batch_size=8", *only_losses, arg=arg)
         out = run(cmd, devices)
         assert out.returncode == 0, out.stderr[-3000:]
+        assert f"mesh data={devices} " in out.stdout  # the run had the devices it was given
         per_run[devices] = losses(workdir)
     assert len(per_run[1]) == 4
     for a, b in zip(per_run[1], per_run[8], strict=True):
