@@ -10,6 +10,12 @@
   pointed at /dev/null and the Python loggers are set to errors only. The warnings jtransfer
   itself gives (boxes dropped from a dataset, ...) print as `warning: ...` lines, without the
   source line that Python's default format adds.
+- TensorFlow (2.16 and later) imports all of Keras 3 while it is imported, to register Keras's
+  optimizers for SavedModel; Keras imports matplotlib, scikit-learn and SciPy with it. That is
+  about a third of TensorFlow's import time, paid by every command for nothing it uses
+  (jtransfer reads data with tf.data only). The commands import TensorFlow with `keras` hidden
+  from the import system, so TensorFlow's guard (`except ImportError: pass`) skips it; Keras
+  stays importable afterwards, and `tf.keras` loads it when asked.
 """
 
 from __future__ import annotations
@@ -39,16 +45,17 @@ def usage_error(message: str) -> NoReturn:
 
 
 def quiet_libraries(verbose: bool = False) -> None:
-    """Silences the libraries' start-up lines and warnings unless `verbose`; call it before
-    anything imports TensorFlow."""
+    """Imports TensorFlow (without Keras), silencing its start-up lines and the libraries'
+    warnings unless `verbose`; call it before anything else imports TensorFlow."""
     if verbose:
+        _import_tensorflow()
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401
+        _import_tensorflow()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -58,3 +65,15 @@ def quiet_libraries(verbose: bool = False) -> None:
     absl_logging.set_verbosity(absl_logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)  # orbax, TFDS and JAX log through it
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+
+
+def _import_tensorflow() -> None:
+    """Imports TensorFlow without the Keras it would import eagerly (see the module docstring)."""
+    hide = "keras" not in sys.modules
+    if hide:
+        sys.modules["keras"] = None  # `import keras` raises ImportError while this is here
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["keras"]

@@ -352,8 +352,10 @@ def input_shape(source: data.Source, config: ml_collections.ConfigDict) -> tuple
     return next(iter(probe))["image"].shape[1:]
 
 
+@functools.cache
 def initializer(model, image_shape: tuple[int, ...]):
-    """`init(rng) -> variables` of `model` for images of `image_shape`."""
+    """`init(rng) -> variables` of `model` for images of `image_shape`: one function for equal
+    arguments (Flax modules compare by value), so JAX traces its shapes once per run."""
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     return lambda rng: model.init({"params": rng, "dropout": rng}, dummy, train=False)
 

@@ -1,5 +1,7 @@
 """End to end through the command line, in subprocesses (each its own JAX device count)."""
 
+import sys
+
 import pytest
 from cli import FAST, command, losses, run
 from images import dark_and_light
@@ -52,6 +54,22 @@ def test_eight_devices_and_an_fsdp_mesh_give_the_losses_of_one_device(tmp_path, 
     for other in ("8 devices", "fsdp"):
         for a, b in zip(per_run["1 device"], per_run[other], strict=True):
             assert abs(a - b) <= 1e-4 * abs(a), per_run
+
+
+def test_commands_import_tensorflow_without_keras_which_stays_importable():
+    """TensorFlow would import all of Keras 3 (and matplotlib, scikit-learn) at its own import;
+    a command imports it without (`console.quiet_libraries`), and Keras still loads when asked."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['-m']\n"  # as Python sets it while importing `python -m jtransfer.main`
+        "import jtransfer.main, jtransfer.train\n"
+        "print('keras' in sys.modules, 'sklearn' in sys.modules)\n"
+        "import tensorflow as tf\n"
+        "print(tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape)\n"
+    )
+    out = run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["False False", "(1, 2)"], out.stdout
 
 
 def _one_error_line(out, message: str) -> None:
