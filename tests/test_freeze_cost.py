@@ -2,9 +2,11 @@
 
 Invariant 2 of DESIGN.md, proved with XLA's own cost analysis at 224 px, batch 32: a full
 step costs at most 3.3 forward passes (no wasted backward), a linear probe at most 0.40 of a
-full step, freezing the first half of the blocks at most 0.85 — and switching on global-norm
-clipping (which reads gradients) must not raise any of these. `scripts/benchmark.py freeze`
-prints the same figures for every strategy, with wall times.
+full step, freezing the first half of the blocks at most 0.85. The steps clip gradients by their
+global norm, as configs/transfer.py does, and report the gradients' norm: both read gradients,
+so a frozen leaf's gradient computed and masked afterwards (differentiating the whole tree)
+would show here. `scripts/benchmark.py freeze` prints the same figures for every strategy, with
+wall times.
 """
 
 import jax
@@ -27,9 +29,9 @@ def setup():
     return variables, batch
 
 
-def _step_flops(setup, pairs, grad_clip_norm=0.0):
+def _step_flops(setup, pairs):
     variables, batch = setup
-    config = cost.strategy_config(MODEL, pairs, grad_clip_norm=grad_clip_norm)
+    config = cost.strategy_config(MODEL, pairs, grad_clip_norm=1.0)
     step, state = cost.step_and_state(config, variables, 1000)
     return cost.flops(step, state, batch)
 
@@ -44,11 +46,10 @@ def test_frozen_layers_cost_no_backward(setup):
     variables, batch = setup
     forward = cost.flops(cost.forward(cost.strategy_config(MODEL, []), 1000), variables, batch)
     probe_pairs = presets.freeze("head", MODEL)[0]
-    for clip in (0.0, 1.0):
-        full = _step_flops(setup, [(".*", "train")], grad_clip_norm=clip)
-        assert full <= 3.3 * forward, (clip, full / forward)
-        assert _step_flops(setup, probe_pairs, grad_clip_norm=clip) <= 0.40 * full
-        assert _step_flops(setup, half_frozen_pairs(), grad_clip_norm=clip) <= 0.85 * full
+    full = _step_flops(setup, [(".*", "train")])
+    assert full <= 3.3 * forward, full / forward
+    assert _step_flops(setup, probe_pairs) <= 0.40 * full
+    assert _step_flops(setup, half_frozen_pairs()) <= 0.85 * full
 
 
 def test_a_frozen_backbone_costs_no_backward_in_a_dense_model():
