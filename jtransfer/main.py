@@ -6,7 +6,9 @@ key is an error that names it and the close matches (ml_collections does this fo
 What the user sees is the run's own lines: TensorFlow's, absl's and orbax's start-up chatter is
 off unless `--verbose`. Bad input — a config argument, a field value, a dataset, a checkpoint, a
 workdir holding another run — is one line on stderr (`error: ...`) and exit status 2, before
-anything is written to the workdir; anything else is a bug and keeps its traceback.
+anything is written to the workdir; anything else is a bug and keeps its traceback. Flags and
+the config file are read before TensorFlow is imported (jtransfer's config files import none),
+so a typo there is refused within a couple of seconds.
 
 Multi-process runs (`jtransfer.distributed`): on a GPU cluster give every process the same
 `--coordinator_address=HOST:PORT --num_processes=N` and its own `--process_id` (or the
@@ -52,6 +54,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         usage_error(f"unexpected arguments: {argv[1:]}")
+    console.quiet_libraries(verbose=_VERBOSE.value)  # flags and config read: now TensorFlow
     logging.getLogger("jtransfer").setLevel(logging.INFO)
     from jtransfer import distributed, train  # after flag parsing: --help stays fast
 
@@ -100,8 +103,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
-    # Before the config file or the trainer imports TensorFlow.
-    console.quiet_libraries(verbose="--verbose" in sys.argv)
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -25,7 +25,9 @@ Everything that can be checked is checked before any run starts, each problem on
 the config and give a valid config, no two runs share a workdir name, each distinct dataset
 opens with its splits, subsets and a whole batch (not under `--launcher=print`, whose runs may
 read data this machine does not have), the model takes its options, the pretrained weights are
-installed, and a run's existing workdir holds the same config. Then runs that finished (a
+installed, and a run's existing workdir holds the same config. The launcher, the flags, the
+config file, its arguments and the run names are checked before TensorFlow is imported, in a
+second or two; the rest needs the trainer. Then runs that finished (a
 `final_eval.json`) are skipped and the others start or resume (`jtransfer.main` resumes
 exactly), so after a kill the same command finishes only what is left. A run that fails does
 not stop the others; the sweep exits 1 and names it (its log ends with the reason).
@@ -44,7 +46,7 @@ from typing import Any
 
 from absl import app, flags
 
-from jtransfer import config_files
+from jtransfer import config_files, console
 from jtransfer.console import usage_error
 from jtransfer.errors import JTransferError
 
@@ -243,6 +245,7 @@ def main(argv: list[str]) -> None:
             if not _CONFIG.value:
                 raise JTransferError("--config is required (only --collect can do without it)")
             sweep = plan(_CONFIG.value, _WORKDIR.value, quick=_QUICK.value)
+        console.quiet_libraries()  # the checks above need no TensorFlow: they fail fast
         sweep.jax_cache = os.path.abspath(_JAX_CACHE.value) if _JAX_CACHE.value else ""
         if not _COLLECT.value:
             preflight(sweep, data_here=_LAUNCHER.value != "print")
@@ -265,9 +268,6 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    from jtransfer import console
-
-    console.quiet_libraries(verbose=False)
     app.run(main)
 
 

@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -40,6 +42,29 @@ def run(cmd, devices: int = 1, timeout: float = 600) -> subprocess.CompletedProc
     return subprocess.run(
         cmd, cwd=ROOT, env=env(devices), capture_output=True, text=True, timeout=timeout
     )
+
+
+_TRACE_IMPORTS = """import atexit, os, sys
+def _write(path=os.environ["TRACED_IMPORTS"]):
+    with open(path, "w") as f:
+        f.write("\\n".join({name.split(".")[0] for name in list(sys.modules)}))
+atexit.register(_write)
+"""
+
+
+def run_tracing_imports(cmd, devices: int = 1) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`run`, and the top-level packages the process had imported when it exited. A
+    `sitecustomize` on its PYTHONPATH records them (`-X importtime` would miss what is imported
+    while stderr is silenced)."""
+    with tempfile.TemporaryDirectory() as trace:
+        with open(os.path.join(trace, "sitecustomize.py"), "w") as f:
+            f.write(_TRACE_IMPORTS)
+        path = os.pathsep.join(filter(None, [trace, os.environ.get("PYTHONPATH")]))
+        traced = os.path.join(trace, "imported.txt")
+        with mock.patch.dict(os.environ, PYTHONPATH=path, TRACED_IMPORTS=traced):
+            out = run(cmd, devices)
+        with open(traced) as f:
+            return out, set(f.read().split())
 
 
 def popen(cmd, devices: int = 1) -> subprocess.Popen:

@@ -3,7 +3,7 @@
 import sys
 
 import pytest
-from cli import FAST, command, losses, run
+from cli import FAST, command, losses, run, run_tracing_imports
 from images import dark_and_light
 
 
@@ -94,10 +94,14 @@ def _one_error_line(out, message: str) -> None:
     ],
 )
 def test_a_bad_config_argument_is_one_line_and_writes_nothing(tmp_path, arg, message):
+    """Refused as the flags are parsed, before TensorFlow is imported (seconds of waiting)."""
     workdir = tmp_path / "run"
-    out = run(command(workdir, tmp_path, config=f"configs/transfer.py:{arg}"))
+    out, imported = run_tracing_imports(
+        command(workdir, tmp_path, config=f"configs/transfer.py:{arg}")
+    )
     _one_error_line(out, message)
     assert not workdir.exists()
+    assert "jax" in imported and "tensorflow" not in imported
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
-from cli import ROOT, env, run
+from cli import ROOT, env, run, run_tracing_imports
 from images import dark_and_light
 from sweeps import sweep_command, write_config
 
@@ -257,25 +258,35 @@ def _one_error_line(out, message: str):
 
 
 @pytest.mark.parametrize(
-    "runs, flags, message",
+    "runs, flags, message, checked_by_trainer",
     [
-        ([{"x": "a/b"}, {"x": "a_b"}], [], "would share the workdir name 'x=a_b'"),
-        ([{"stratgy": "full"}], [], "unknown config argument 'stratgy'"),
-        ([{"percent": 0}], [], "data.percent_per_class must be in (0, 100] (100: all), got 0.0"),
-        ([{"shots": 20}], [], "data.shots_per_class=20, but split 'train'"),
-        ([{"seed": 0}], ["--launcher=slurm"], "submitit package, which is not installed"),
+        ([{"x": "a/b"}, {"x": "a_b"}], [], "would share the workdir name 'x=a_b'", False),
+        ([{"stratgy": "full"}], [], "unknown config argument 'stratgy'", False),
+        (
+            [{"percent": 0}],
+            [],
+            "data.percent_per_class must be in (0, 100] (100: all), got 0.0",
+            True,
+        ),
+        ([{"shots": 20}], [], "data.shots_per_class=20, but split 'train'", True),
+        ([{"seed": 0}], ["--launcher=slurm"], "submitit package, which is not installed", False),
     ],
 )
-def test_bad_input_is_one_line_and_nothing_runs(tmp_path, folder, runs, flags, message):
+def test_bad_input_is_one_line_and_nothing_runs(
+    tmp_path, folder, runs, flags, message, checked_by_trainer
+):
+    """Each refused before any run starts; what the trainer need not check, before TensorFlow
+    is imported (the trainer imports it)."""
     # A `submitit` that cannot be imported, as when the package is not installed.
     (tmp_path / "hide" / "submitit").mkdir(parents=True)
     (tmp_path / "hide" / "submitit" / "__init__.py").write_text("raise ImportError('hidden')\n")
-    hidden = dict(env(), PYTHONPATH=str(tmp_path / "hide"))
     config = write_config(tmp_path, folder, runs)
     cmd = sweep_command(config, tmp_path / "w", *flags)
-    out = subprocess.run(cmd, cwd=ROOT, env=hidden, capture_output=True, text=True, timeout=300)
+    with mock.patch.dict(os.environ, PYTHONPATH=str(tmp_path / "hide")):
+        out, imported = run_tracing_imports(cmd)
     _one_error_line(out, message)
     assert not (tmp_path / "w" / "runs").exists()
+    assert "jax" in imported and ("tensorflow" in imported) == checked_by_trainer
 
 
 def test_print_launcher_prints_one_command_per_run_left(tmp_path, folder):
