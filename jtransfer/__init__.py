@@ -17,7 +17,7 @@ _QUIET_AFTER_PARSING = ("jtransfer.main", "jtransfer.sweep", "jtransfer.sweep_ru
 
 def _module_run() -> str:
     """MODULE of the `python [options] -m MODULE ...` that started this process, or ''."""
-    argv = getattr(sys, "orig_argv", [])
+    argv = sys.orig_argv
     return argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
 
 
